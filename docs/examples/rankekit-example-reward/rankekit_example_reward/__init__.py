@@ -1,0 +1,1 @@
+"""Example rankekit plugin package: a custom reward (see rewards.py)."""

@@ -1,0 +1,1 @@
+"""Programmatic entry points shared by tools/*.py and the ``rankekit`` CLI."""

@@ -1,0 +1,136 @@
+"""The ``rankekit`` command line: discover components, train, evaluate, sample."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import pprint
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help='rankekit: ranking-based RL post-training of discrete text-to-image models, with the '
+         'AR policy and the VQ decoder co-evolving (RankE).\n\n'
+         'Discover components with `rankekit list` and `rankekit info NAME`; train with '
+         '`rankekit train CONFIG` (same as `python tools/train.py CONFIG`).',
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(soft_wrap=False)
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f'[bold red]error:[/] {message}', highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _registries() -> dict:
+    from rankekit.registry import ALL_REGISTRIES
+    return ALL_REGISTRIES
+
+
+def _summary(obj) -> str:
+    doc = inspect.getdoc(obj) or ''
+    return doc.strip().splitlines()[0] if doc.strip() else '(no docstring)'
+
+
+def _members(registry) -> dict:
+    """Import the registry's locations and plugins, then return name -> object."""
+    from rankekit.plugins import PluginImportError
+    try:
+        registry.import_from_location()
+    except PluginImportError as exc:
+        _fail(str(exc))
+    return dict(sorted(registry.module_dict.items()))
+
+
+def _find(name: str) -> list[tuple[str, object]]:
+    """(registry key, object) for every registry that has ``name``."""
+    return [(key, _members(reg)[name]) for key, reg in _registries().items()
+            if name in _members(reg)]
+
+
+@app.command('list')
+def list_components(
+        registry: Optional[str] = typer.Argument(
+            None, help='Only this registry (e.g. rewards, rank_losses, anchors). Default: all.'),
+        pattern: Optional[str] = typer.Option(
+            None, '--pattern', '-p', help="Only names matching this glob, e.g. '*Loss'."),
+) -> None:
+    """List registered components: name, summary, defining module, origin (built-in/plugin)."""
+    from rankekit.plugins import origin_of
+    registries = _registries()
+    if registry is not None:
+        if registry not in registries:
+            close = difflib.get_close_matches(registry, registries, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+            _fail(f"unknown registry '{registry}'.{hint} Registries: {', '.join(registries)}")
+        registries = {registry: registries[registry]}
+    for key, reg in registries.items():
+        members = _members(reg)
+        if pattern:
+            members = {n: o for n, o in members.items() if fnmatch.fnmatch(n, pattern)}
+        table = Table(title=f'{key} ({len(members)})', title_justify='left', expand=False)
+        table.add_column('name', style='bold cyan', no_wrap=True)
+        table.add_column('summary')
+        table.add_column('module', style='dim')
+        table.add_column('origin', style='green')
+        if not members:
+            what = f"matching '{pattern}'" if pattern else 'registered yet'
+            console.print(f'[bold]{key}[/]: no components {what}.')
+            continue
+        for name, obj in members.items():
+            table.add_row(name, _summary(obj), obj.__module__, origin_of(obj.__module__))
+        console.print(table)
+
+
+def example_config(obj) -> Optional[dict]:
+    """The minimal config that builds ``obj`` (its ``info_example``), or None."""
+    example = getattr(obj, 'info_example', None)
+    return dict(example) if example is not None else None
+
+
+@app.command()
+def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss or ClipScore.')):
+    """Show a component's documentation, constructor signature and a config that builds it."""
+    found = _find(name)
+    if not found:
+        every = sorted({n for reg in _registries().values() for n in _members(reg)})
+        close = difflib.get_close_matches(name, every, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+        _fail(f"no component named '{name}' in any registry.{hint} See `rankekit list`.")
+    from rankekit.plugins import origin_of
+    for key, obj in found:
+        console.rule(f'[bold cyan]{name}[/]  ({key}, {obj.__module__}, {origin_of(obj.__module__)})')
+        console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False)
+        target = obj.__init__ if inspect.isclass(obj) else obj
+        try:
+            signature = str(inspect.signature(target)).replace('(self, ', '(').replace('(self)', '()')
+        except (TypeError, ValueError):
+            signature = '(...)'
+        console.print(f'\n[bold]Signature[/]\n{name}{signature}', highlight=False)
+        example = example_config(obj)
+        console.print('\n[bold]Example config[/]')
+        if example is None:
+            console.print('(this component defines no info_example)')
+        else:
+            console.print(pprint.pformat(example, sort_dicts=False, width=96), highlight=False)
+
+
+@app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))
+def train(ctx: typer.Context,
+          config: str = typer.Argument(..., help='Config file, e.g. configs/ablation/anchor_ema.py')):
+    """Train from a config; every option of tools/train.py works (see --help there)."""
+    from rankekit.apis.train import main
+    raise typer.Exit(code=main([config, *ctx.args]) or 0)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(app())

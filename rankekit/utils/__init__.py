@@ -1,0 +1,1 @@
+"""rankekit.utils."""

@@ -1,0 +1,99 @@
+"""Registries, the generic "every component builds from its info example" test, and the CLI."""
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from rankekit.cli import app, example_config
+from rankekit.registry import ALL_REGISTRIES, SCOPE
+
+runner = CliRunner()
+
+
+def _own_components():
+    """(registry name, component name, object) for every rankekit component in every registry."""
+    out = []
+    for key, registry in ALL_REGISTRIES.items():
+        registry.import_from_location()
+        for name, obj in sorted(registry.module_dict.items()):
+            if obj.__module__.startswith('rankekit'):
+                out.append(pytest.param(key, name, obj, id=f'{key}.{name}'))
+    return out
+
+
+def test_registries_share_the_rankekit_scope():
+    assert {reg.scope for reg in ALL_REGISTRIES.values()} == {SCOPE}
+    for key in ('tokenizers', 'policies', 'text_encoders', 'rewards', 'rank_losses', 'anchors',
+                'models', 'hooks', 'datasets', 'metrics', 'optim_wrapper_constructors'):
+        assert key in ALL_REGISTRIES
+
+
+def test_importing_rankekit_is_light():
+    code = ('import sys, rankekit, rankekit.registry, rankekit.cli; '
+            "heavy = [m for m in ('open_clip', 'transformers', 'lpips', 'matplotlib') "
+            'if m in sys.modules]; print(heavy)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[]'
+
+
+def test_multi_optim_constructor_is_registered():
+    assert 'MultiOptimWrapperConstructor' in ALL_REGISTRIES['optim_wrapper_constructors']
+
+
+@pytest.mark.parametrize('registry_key,name,obj', _own_components())
+def test_component_builds_from_its_info_example(registry_key, name, obj):
+    example = example_config(obj)
+    assert example is not None, f'{name} has no info_example: add one (see docs/plugins.md)'
+    assert example['type'] == name
+    built = ALL_REGISTRIES[registry_key].build(example)
+    assert built is not None
+
+
+def test_list_shows_every_registry():
+    result = runner.invoke(app, ['list'])
+    assert result.exit_code == 0, result.output
+    for key in ALL_REGISTRIES:
+        assert key in result.output
+
+
+def test_list_one_registry_with_pattern():
+    result = runner.invoke(app, ['list', 'optim_wrapper_constructors', '--pattern', 'Multi*'])
+    assert result.exit_code == 0, result.output
+    assert 'MultiOptimWrapperConstructor' in result.output
+    assert 'built-in' in result.output
+
+
+def test_list_empty_match_says_so():
+    result = runner.invoke(app, ['list', 'rewards', '--pattern', 'NoSuchThing*'])
+    assert result.exit_code == 0
+    assert 'no components' in result.output
+
+
+def test_list_unknown_registry_suggests():
+    result = runner.invoke(app, ['list', 'reward'])
+    assert result.exit_code == 2
+    assert "unknown registry 'reward'" in result.output
+    assert "'rewards'" in result.output
+
+
+def test_info_shows_doc_signature_and_example():
+    result = runner.invoke(app, ['info', 'MultiOptimWrapperConstructor'])
+    assert result.exit_code == 0, result.output
+    assert 'OptimWrapperDict' in result.output
+    assert 'optim_wrapper_cfg' in result.output
+    assert "'type': 'MultiOptimWrapperConstructor'" in result.output
+
+
+def test_info_unknown_name_suggests_close_match():
+    result = runner.invoke(app, ['info', 'MultiOptimWraperConstructor'])
+    assert result.exit_code == 2
+    assert 'MultiOptimWrapperConstructor' in result.output
+    assert len(result.output.strip().splitlines()) <= 3
+
+
+def test_help_texts():
+    for args in (['--help'], ['list', '--help'], ['info', '--help'], ['train', '--help']):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert 'Usage' in result.output
