@@ -75,7 +75,7 @@ FEATURE_EXTRACTORS = _domain('feature extractor', 'rankekit.evaluation',
 
 # --- children of MMEngine's engine registries ---------------------------------------------------
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE,
-                  locations=['rankekit.models', 'rankekit.toy'])
+                  locations=['rankekit.models', 'rankekit.toy.pretraining'])
 MODEL_WRAPPERS = Registry('model wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE,
                           locations=['rankekit.models'])
 WEIGHT_INITIALIZERS = Registry('weight initializer', parent=MMENGINE_WEIGHT_INITIALIZERS,

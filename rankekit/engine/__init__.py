@@ -1,8 +1,13 @@
 """Engine: hooks that schedule training, optimizer constructors, runner set-up."""
 from rankekit.utils.checkpoint import register_runner_checkpoint_loader
 
+from .hooks import CoEvolutionHook
 from .optim_constructor import MultiOptimWrapperConstructor, optimizable_parts
+from .progress import RichProgressHook
+from .schedules import Schedule, build_schedule
+from .summary import TrainingSummaryHook
 
 register_runner_checkpoint_loader()
 
-__all__ = ['MultiOptimWrapperConstructor', 'optimizable_parts']
+__all__ = ['CoEvolutionHook', 'MultiOptimWrapperConstructor', 'RichProgressHook', 'Schedule',
+           'TrainingSummaryHook', 'build_schedule', 'optimizable_parts']

@@ -51,12 +51,13 @@ def load_weights_file(path: str | os.PathLike, *, what: str = 'weights file',
     """``torch.load(path, weights_only=True)`` with clear errors.
 
     Args:
-        path: the file.
+        path: the file, or ``toy://<name>`` for a checkpoint shipped with the toy world.
         what: what the file is, for messages ("LlamaGen GPT-XL checkpoint").
         source: where a user gets it (a URL or a command), for the missing-file message.
         where: where the config expects it, for the missing-file message.
     """
-    path = Path(path).expanduser()
+    from rankekit.toy.assets import resolve_weights_path
+    path = resolve_weights_path(path)  # toy://name -> packaged toy checkpoint (clear error)
     if not path.is_file():
         raise WeightsFileError(_missing_file_message(path, what, source, where))
     try:

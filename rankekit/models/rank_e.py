@@ -1,0 +1,585 @@
+"""RankEModel: the AR policy and the VQ decoder trained together with ranking-based RL.
+
+One iteration (``train_step``), phases switched on by :class:`rankekit.engine.CoEvolutionHook`::
+
+    prompts -> text encoder -> policy.sample (G per prompt)            -> tokens z   (N = B*G)
+    z -> rollout decoder (EMA by default) -> images -> rewards r       (no gradient)
+    policy phase : rank_loss(logp, logp_old, r) + w_a * policy_anchor
+    decoder phase: discriminator step (real vs GT reconstructions [+ policy decodes])
+                   then  recon(x_gt)  [L1 + perceptual + adaptive hinge GAN]
+                       + rank-weighted GAN on D(z)      - w_g * mean(w_i * Disc(D(z_i)))
+                       + rank-weighted reward backprop  - w_r * mean(w_i * r(D(z_i)))
+                       + w_a * decoder_anchor           (EMA consistency by default)
+                       + LASC (optional)
+
+Only the decoder and ``post_quant_conv`` of the tokenizer train; the encoder, ``quant_conv``
+and the codebook are frozen (checked at build). A non-finite reward, loss or gradient skips the
+update it would have reached, is counted (``skipped_nonfinite``) and never touches the weights.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from mmengine.dist import all_reduce, get_world_size
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapperDict
+from torch import Tensor, nn
+
+from rankekit.models.ema import ema_update_, frozen_copy
+from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
+                               TEXT_ENCODERS, TOKENIZERS)
+from rankekit.rewards.combiner import RewardCombiner
+from rankekit.utils.build import build_module
+
+_DECODE_WITH = ('online', 'ema', 'base')
+
+DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
+                       top_k=0, top_p=1.0, decode_with='ema', seed=0)
+DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10)
+DEFAULT_DECODER = dict(
+    ema_decay=0.99,
+    l1_weight=1.0, perceptual_weight=1.0, recon_weight=1.0,
+    gan_weight=0.5, adaptive_gan_weight=True, disc_weight=0.5, disc_start=100,
+    rank_gan_weight=0.5, reward_weight=0.01,
+    disc_sees_policy=False, policy_decode='selected',
+    lasc_weight=0.0, lasc_top_k=20)
+DEFAULT_SAFETY = dict(max_consecutive_skips=20)
+# frozen modules rebuilt from their config files: left out of checkpoints (a ViT-L/14 reward or a
+# flan-t5-xl encoder would otherwise add gigabytes to every checkpoint); the reference/EMA copies
+# and everything trained stay in
+NOT_CHECKPOINTED = ('text_encoder.', 'rewards.rewards.', 'perceptual.')
+
+
+def _merge(defaults: dict, given: dict | None, what: str) -> dict:
+    given = dict(given or {})
+    unknown = set(given) - set(defaults)
+    if unknown:
+        import difflib
+        hints = {k: difflib.get_close_matches(k, defaults, n=1) for k in unknown}
+        detail = ', '.join(f"'{k}'" + (f" (did you mean '{h[0]}'?)" if h else '')
+                           for k, h in sorted(hints.items()))
+        raise KeyError(f'model.{what} has unknown keys {detail}; allowed: {sorted(defaults)}')
+    return {**defaults, **given}
+
+
+def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Discriminator hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
+    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """[-1, 1] decoder output -> [0, 1] images (the rewards' convention)."""
+    return (images.clamp(-1.0, 1.0) + 1.0) / 2.0
+
+
+def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k[len(prefix):].startswith(NOT_CHECKPOINTED)]:
+        del state_dict[key]
+    return state_dict
+
+
+def _fill_frozen_keys(module, state_dict, prefix, *args):
+    # checkpoints do not hold the frozen modules: load them from the current (config) weights
+    for sub in NOT_CHECKPOINTED:
+        owner = module
+        for part in sub.rstrip('.').split('.'):
+            owner = getattr(owner, part, None)
+        if owner is None:
+            continue
+        for name, value in owner.state_dict().items():
+            state_dict.setdefault(prefix + sub + name, value)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after too many consecutive skipped updates (rewards/losses/grads not finite)."""
+
+
+@MODELS.register_module()
+class RankEModel(BaseModel):
+    """The RankE co-evolution model: policy + VQ decoder trained with ranking-based RL.
+
+    Args:
+        tokenizer: TOKENIZERS config (``pretrained=`` a local file); encoder and codebook frozen.
+        policy: POLICIES config of the AR policy.
+        text_encoder: TEXT_ENCODERS config; frozen.
+        rewards: one REWARDS config or a list; ``reward_weights`` and ``reward_normalize``
+            ('none' | 'running' | 'group') combine them (:class:`RewardCombiner`).
+        rank_loss: RANK_LOSSES config for the policy phase (GRPO, listwise, pairwise).
+        rank_weights: RANK_WEIGHTS config turning rewards into decoder weights (top-K softmax).
+        policy_anchor / decoder_anchor: ANCHORS configs or None.
+        perceptual_loss: LOSSES config (LPIPS for real images, ToyPerceptualLoss for the toy).
+        discriminator: MODELS config (PatchGAN) or None (no adversarial terms).
+        rollout: group_size (G), cfg_scale, cfg_first_n, temperature, top_k, top_p,
+            decode_with ('ema' | 'online' | 'base': the decoder that renders rollouts for the
+            rewards), seed (the rollout RNG, checkpointed).
+        policy_cfg: inner_epochs (PPO epochs on one rollout), ema_decay, ema_interval (policy
+            steps between EMA updates; ema_decay=None keeps no policy EMA).
+        decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
+            adaptive_gan_weight; disc_weight, disc_start (decoder steps before the adversarial
+            terms start); rank_gan_weight; reward_weight (reward backprop, differentiable
+            rewards only); disc_sees_policy (also show policy decodes to the discriminator as
+            fakes; the release never does); policy_decode ('selected': decode only rollouts
+            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k.
+        safety: max_consecutive_skips before the run stops with :class:`NonFiniteError`.
+    """
+
+    # tiny random parts (no files); the real toy recipe is configs/ranke/ranke_toy.py
+    info_example = dict(
+        type='RankEModel',
+        tokenizer=dict(type='VQModel', ch=32, num_res_blocks=1, encoder_ch_mult=[1, 1, 2],
+                       decoder_ch_mult=[1, 1, 2], z_channels=32, codebook_size=64,
+                       codebook_embed_dim=8, image_size=16),
+        policy=dict(type='LlamaGenGPT', dim=32, n_layer=1, n_head=2, vocab_size=64,
+                    block_size=16, cls_token_num=8, caption_dim=16),
+        text_encoder=dict(type='ToyTextEncoder', embed_dim=16, max_length=8, width=16,
+                          num_layers=1, num_heads=2),
+        rewards=[dict(type='ClipScore', model_name='rankekit-toy-clip', pretrained=None)],
+        rank_loss=dict(type='GRPOLoss'),
+        policy_anchor=dict(type='KLAnchor', weight=0.05),
+        decoder_anchor=dict(type='EMAAnchor', weight=10.0, distance='mse'),
+        discriminator=dict(type='PatchGANDiscriminator', ndf=8, n_layers=1),
+        rollout=dict(group_size=4))
+
+    def __init__(self, tokenizer: dict, policy: dict, text_encoder: dict, rewards,
+                 rank_loss: dict, rank_weights: dict | None = None,
+                 policy_anchor: dict | None = None, decoder_anchor: dict | None = None,
+                 perceptual_loss: dict | None = None, discriminator: dict | None = None,
+                 reward_weights: list | None = None, reward_normalize: str = 'none',
+                 rollout: dict | None = None, policy_cfg: dict | None = None,
+                 decoder_cfg: dict | None = None, safety: dict | None = None,
+                 data_preprocessor: dict | None = None, init_cfg: dict | None = None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.rollout_cfg = _merge(DEFAULT_ROLLOUT, rollout, 'rollout')
+        self.policy_cfg = _merge(DEFAULT_POLICY, policy_cfg, 'policy_cfg')
+        self.decoder_cfg = _merge(DEFAULT_DECODER, decoder_cfg, 'decoder_cfg')
+        self.safety = _merge(DEFAULT_SAFETY, safety, 'safety')
+        if self.rollout_cfg['decode_with'] not in _DECODE_WITH:
+            raise ValueError(f"model.rollout.decode_with must be one of {_DECODE_WITH}, got "
+                             f"'{self.rollout_cfg['decode_with']}'")
+        if self.decoder_cfg['policy_decode'] not in ('selected', 'all'):
+            raise ValueError("model.decoder_cfg.policy_decode must be 'selected' or 'all'")
+        if int(self.rollout_cfg['group_size']) < 1:
+            raise ValueError('model.rollout.group_size must be >= 1')
+
+        # --- modules that train -----------------------------------------------------------
+        self.tokenizer = build_module(TOKENIZERS, tokenizer, 'model.tokenizer')
+        self.tokenizer.freeze_encoder()
+        self.policy = build_module(POLICIES, policy, 'model.policy')
+        self.discriminator = (build_module(MODELS, discriminator, 'model.discriminator')
+                              if discriminator else None)
+        # --- frozen modules -----------------------------------------------------------------
+        self.text_encoder = build_module(TEXT_ENCODERS, text_encoder, 'model.text_encoder')
+        self.text_encoder.requires_grad_(False).eval()
+        self.rewards = RewardCombiner(rewards, reward_weights, reward_normalize)
+        self.perceptual = (build_module(LOSSES, perceptual_loss, 'model.perceptual_loss')
+                           if perceptual_loss else None)
+        if self.perceptual is not None:
+            self.perceptual.requires_grad_(False).eval()
+        self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
+        self.rank_weights = build_module(
+            RANK_WEIGHTS, rank_weights or dict(type='TopKSoftmaxWeights'), 'model.rank_weights')
+        self.policy_anchor = (build_module(ANCHORS, policy_anchor, 'model.policy_anchor')
+                              if policy_anchor else None)
+        self.decoder_anchor = (build_module(ANCHORS, decoder_anchor, 'model.decoder_anchor')
+                               if decoder_anchor else None)
+        # --- reference and EMA copies (never trained by an optimizer) ------------------------
+        self.policy_ref = frozen_copy(self.policy)
+        self.policy_ema = (frozen_copy(self.policy)
+                           if self.policy_cfg['ema_decay'] is not None else None)
+        decoder = nn.ModuleDict(self.tokenizer.decoder_modules())
+        self.decoder_base = frozen_copy(decoder)
+        self.decoder_ema = frozen_copy(decoder)
+        self._check_frozen_parts()
+        for anchor, module in ((self.policy_anchor, self.policy), (self.decoder_anchor, decoder)):
+            if anchor is not None and hasattr(anchor, 'bind'):
+                anchor.bind(module)
+
+        # phases for the next train_step: set by CoEvolutionHook; both on without the hook
+        self.phases = dict(policy=True, decoder=True)
+        self.register_buffer('policy_steps', torch.zeros((), dtype=torch.long))
+        self.register_buffer('decoder_steps', torch.zeros((), dtype=torch.long))
+        self.register_buffer('skipped_nonfinite', torch.zeros((), dtype=torch.long))
+        self.register_buffer('consecutive_skips', torch.zeros((), dtype=torch.long))
+        # the rollout RNG lives in a buffer so that checkpoints carry it (MMEngine's saver
+        # ignores nn.Module extra state): resumed runs draw the same rollouts
+        self._rollout_generator = torch.Generator().manual_seed(int(self.rollout_cfg['seed']))
+        self.register_buffer('rollout_rng_state', self._rollout_generator.get_state())
+        self._warned_reward_grad = False
+        self._register_state_dict_hook(_drop_frozen_keys)
+        self._register_load_state_dict_pre_hook(_fill_frozen_keys, with_module=True)
+
+    # ----------------------------------------------------------------------------- structure
+    def optim_parts(self) -> dict[str, nn.Module]:
+        """Parts that get an optimizer (MultiOptimWrapperConstructor): policy, decoder, disc."""
+        parts = dict(policy=self.policy, decoder=nn.ModuleDict(self.tokenizer.decoder_modules()))
+        if self.discriminator is not None:
+            parts['discriminator'] = self.discriminator
+        return parts
+
+    def _check_frozen_parts(self) -> None:
+        trainable = {id(p) for p in self.tokenizer.decoder_parameters()}
+        for name, param in self.tokenizer.named_parameters():
+            if id(param) not in trainable and param.requires_grad:
+                raise RuntimeError(f'tokenizer parameter {name} must be frozen in RankE (only '
+                                   'decoder and post_quant_conv train)')
+
+    def train(self, mode: bool = True):
+        # the policy always runs without dropout so that logp_old, logp and the sampler agree;
+        # frozen copies, text encoder, rewards and perceptual net stay in eval mode
+        super().train(mode)
+        for module in (self.policy, self.policy_ref, self.policy_ema, self.text_encoder,
+                       self.rewards, self.perceptual, self.decoder_base, self.decoder_ema):
+            if module is not None:
+                module.eval()
+        return self
+
+    # ----------------------------------------------------------------------------- helpers
+    def decode(self, codes: Tensor, which: str = 'online') -> Tensor:
+        """Codes (N, L) -> images in [-1, 1] with the online, EMA or base decoder."""
+        parts = {'online': self.tokenizer.decoder_modules(), 'ema': self.decoder_ema,
+                 'base': self.decoder_base}[which]
+        side = math.isqrt(codes.shape[1])
+        quant = self.tokenizer.quantize.get_codebook_entry(
+            codes.reshape(-1), (codes.shape[0], self.tokenizer.codebook_embed_dim, side, side),
+            True)
+        return parts['decoder'](parts['post_quant_conv'](quant))
+
+    def _policy(self, which: str) -> nn.Module:
+        if which == 'ema' and self.policy_ema is None:
+            raise ValueError('this model keeps no policy EMA (policy_cfg.ema_decay=None)')
+        return {'online': self.policy, 'ema': self.policy_ema, 'base': self.policy_ref}[which]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        return self.text_encoder(list(prompts))
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], policy: str = 'online', decoder: str = 'ema',
+                 generator: torch.Generator | None = None, seeds=None, **sampling) -> dict:
+        """Sample one image per prompt with any policy x decoder combination.
+
+        Returns dict(tokens (N, L), images (N, 3, H, W) in [0, 1]). ``sampling`` overrides
+        the rollout settings (cfg_scale, temperature, top_k, top_p, cfg_first_n).
+        """
+        settings = {k: self.rollout_cfg[k]
+                    for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
+        settings.update(sampling)
+        cond, mask = self.encode_prompts(prompts)
+        out = self._policy(policy).sample(cond, mask, generator=generator, seeds=seeds,
+                                          **settings)
+        return dict(tokens=out.tokens, images=to_unit_range(self.decode(out.tokens, decoder)))
+
+    @contextmanager
+    def _requires_grad(self, module: nn.Module | None, flag: bool):
+        if module is None:
+            yield
+            return
+        previous = [p.requires_grad for p in module.parameters()]
+        module.requires_grad_(flag)
+        try:
+            yield
+        finally:
+            for p, prev in zip(module.parameters(), previous):
+                p.requires_grad_(prev)
+
+    def _all_ranks_true(self, flag: bool) -> bool:
+        """True only if ``flag`` is True on every rank (so all ranks skip together)."""
+        if get_world_size() == 1:
+            return flag
+        value = torch.tensor(0.0 if flag else 1.0, device=self.policy_steps.device)
+        all_reduce(value)
+        return bool(value.item() == 0.0)
+
+    def _register_skip(self, part: str, why: str, logs: dict) -> None:
+        """Count a skipped ``part`` update ('reward', 'policy', 'decoder', 'discriminator')."""
+        self.skipped_nonfinite += 1
+        self.consecutive_skips += 1
+        logs[f'skipped/{part}'] = torch.ones(())
+        limit = int(self.safety['max_consecutive_skips'])
+        if int(self.consecutive_skips) >= limit:
+            raise NonFiniteError(
+                f'{int(self.consecutive_skips)} consecutive updates were skipped because '
+                f'{why} was not finite (NaN/inf). The weights on disk are the last finite ones. '
+                'Check the reward model(s) and learning rates; raise '
+                'model.safety.max_consecutive_skips to tolerate more.')
+
+    def _safe_update(self, wrapper, loss: Tensor, what: str, logs: dict,
+                     on_grads=None) -> bool:
+        """backward + step unless the loss or a gradient is not finite (then nothing changes).
+
+        ``on_grads`` is called with the (finite) gradients in place, before the step.
+        """
+        params = [p for group in wrapper.optimizer.param_groups for p in group['params']]
+        if not self._all_ranks_true(bool(torch.isfinite(loss))):
+            wrapper.zero_grad()
+            self._register_skip(what, f'the {what} loss', logs)
+            return False
+        wrapper.backward(wrapper.scale_loss(loss))
+        if not wrapper.should_update():
+            return True
+        amp = hasattr(wrapper, 'loss_scaler')  # the AMP scaler already skips inf gradients
+        grads_ok = amp or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        if not self._all_ranks_true(bool(grads_ok)):
+            wrapper.zero_grad()
+            self._register_skip(what, f'a {what} gradient', logs)
+            return False
+        if on_grads is not None:
+            on_grads()
+        wrapper.step()
+        wrapper.zero_grad()
+        return True
+
+    # ----------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> dict:
+        """G samples per prompt, decoded and scored; everything the phases need, no gradient."""
+        G = int(self.rollout_cfg['group_size'])
+        cond, mask = self.encode_prompts(prompts)
+        cond, mask = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
+        want_topk = self.decoder_cfg['lasc_weight'] > 0 and self.phases['decoder']
+        self._rollout_generator.set_state(self.rollout_rng_state.cpu())
+        out = self.policy.sample(
+            cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
+            cfg_first_n=self.rollout_cfg['cfg_first_n'],
+            temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
+            top_p=self.rollout_cfg['top_p'], generator=self._rollout_generator,
+            return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
+        self.rollout_rng_state.copy_(self._rollout_generator.get_state())
+        group_prompts = [p for p in prompts for _ in range(G)]
+        images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
+        rewards, raw = self.rewards.score(to_unit_range(images), group_prompts, group_size=G)
+        return dict(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
+                    images=images, rewards=rewards, raw_rewards=raw, group_size=G,
+                    topk_logits=out.topk_logits, topk_indices=out.topk_indices)
+
+    def _reward_logs(self, ro: dict) -> dict:
+        logs = {}
+        for name, values in ro['raw_rewards'].items():
+            logs[f'reward/{name}/mean'] = values.mean()
+            logs[f'reward/{name}/std'] = values.std(unbiased=False)
+        grouped = ro['rewards'].view(-1, ro['group_size'])
+        logs['reward/mean'] = ro['rewards'].mean()
+        logs['reward/std'] = ro['rewards'].std(unbiased=False)
+        eps = getattr(self.rank_loss, 'std_eps', 1e-4)
+        logs['reward/frac_zero_std'] = (grouped.std(-1, unbiased=False) < eps).float().mean()
+        return logs
+
+    # ----------------------------------------------------------------------------- phases
+    def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
+        """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
+        need_ref = self.policy_anchor is not None and self.policy_anchor.uses == 'outputs'
+        logp_ref = None
+        with torch.no_grad():
+            logp_ref = self.policy_ref.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+            if need_ref and self.policy_anchor.reference == 'ema':
+                anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+            else:
+                anchor_ref = logp_ref
+        logp_old = None
+        for _ in range(int(self.policy_cfg['inner_epochs'])):
+            with wrapper.optim_context(self):
+                logp = self.policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+                if logp_old is None:  # same weights, same mode: the behaviour log-probs
+                    logp_old = logp.detach()
+                out = self.rank_loss(logp, logp_old, ro['rewards'], ro['group_size'],
+                                     logp_ref=logp_ref)
+                loss = out['loss']
+                if self.policy_anchor is not None:
+                    if self.policy_anchor.uses == 'params':
+                        penalty = self.policy_anchor(self.policy, self.policy_ref, kind='policy')
+                    else:
+                        penalty = self.policy_anchor(logp, anchor_ref, kind='policy')
+                    loss = loss + self.policy_anchor.weight * penalty
+                    logs['policy/anchor'] = penalty.detach()
+            observe = getattr(self.policy_anchor, 'observe_gradients', None)
+            if not self._safe_update(wrapper, loss, 'policy', logs,
+                                     on_grads=observe and (lambda: observe(self.policy))):
+                return
+        self.policy_steps += 1
+        with torch.no_grad():
+            diff = logp.detach() - logp_ref
+            logs['policy/kl'] = (torch.expm1(-diff) + diff).mean()  # k3, >= 0
+        logs['policy/loss'] = out['loss'].detach()
+        for key, value in out.items():
+            if key != 'loss':
+                logs[f'policy/{key}'] = value
+        interval = int(self.policy_cfg['ema_interval'])
+        if self.policy_ema is not None and int(self.policy_steps) % interval == 0:
+            ema_update_(self.policy_ema, self.policy, float(self.policy_cfg['ema_decay']))
+
+    def _adaptive_gan_weight(self, nll: Tensor, g_loss: Tensor) -> Tensor:
+        """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4]."""
+        last = self.tokenizer.decoder.last_layer
+        nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+    def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
+        with self._requires_grad(self.discriminator, True), wrapper.optim_context(self):
+            logits_real = self.discriminator(real)
+            logits_fake = self.discriminator(fake.detach())
+            loss = self.decoder_cfg['disc_weight'] * hinge_d_loss(logits_real, logits_fake)
+        if self._safe_update(wrapper, loss, 'discriminator', logs):
+            logs['disc/loss'] = loss.detach()
+            logs['disc/real'] = logits_real.detach().mean()
+            logs['disc/fake'] = logits_fake.detach().mean()
+
+    def decoder_step(self, ro: dict, real: Tensor, optim_wrapper, logs: dict) -> None:
+        """Discriminator step, then the decoder's reconstruction + rank-weighted terms."""
+        cfg = self.decoder_cfg
+        adversarial = (self.discriminator is not None
+                       and int(self.decoder_steps) >= int(cfg['disc_start']))
+        weights = self.rank_weights(ro['rewards'], ro['group_size'])
+        if cfg['policy_decode'] == 'selected':
+            chosen = (weights > 0).nonzero(as_tuple=True)[0]
+        else:
+            chosen = torch.arange(len(weights), device=weights.device)
+        w = weights[chosen]
+        needs_policy_decode = (
+            (adversarial and cfg['rank_gan_weight'] > 0) or cfg['lasc_weight'] > 0
+            or (cfg['reward_weight'] > 0 and self.rewards.any_differentiable)
+            or self.decoder_anchor is not None or (adversarial and cfg['disc_sees_policy']))
+        gt_codes = self.tokenizer.images_to_codes(real)
+
+        if adversarial:
+            with torch.no_grad():
+                fakes = [self.decode(gt_codes, 'online')]
+                if cfg['disc_sees_policy']:
+                    fakes.append(self.decode(ro['tokens'][chosen], 'online'))
+            self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
+
+        wrapper = optim_wrapper['decoder']
+        with wrapper.optim_context(self), self._requires_grad(self.discriminator, False):
+            recon = self.decode(gt_codes, 'online')
+            l1 = (recon - real).abs().mean()
+            nll = cfg['l1_weight'] * l1
+            logs['decoder/l1'] = l1.detach()
+            if self.perceptual is not None and cfg['perceptual_weight'] > 0:
+                perceptual = self.perceptual(recon, real).mean()
+                nll = nll + cfg['perceptual_weight'] * perceptual
+                logs['decoder/perceptual'] = perceptual.detach()
+            loss = cfg['recon_weight'] * nll
+            if adversarial and cfg['gan_weight'] > 0:
+                g_loss = -self.discriminator(recon).mean()
+                adaptive = (self._adaptive_gan_weight(nll, g_loss) if cfg['adaptive_gan_weight']
+                            else torch.ones((), device=recon.device))
+                loss = loss + cfg['recon_weight'] * cfg['gan_weight'] * adaptive * g_loss
+                logs['decoder/gan'] = g_loss.detach()
+                logs['decoder/adaptive_weight'] = adaptive
+            if needs_policy_decode and len(chosen):
+                loss = loss + self._policy_token_terms(ro, chosen, w, adversarial, logs)
+            logs['decoder/loss'] = loss.detach()
+        if self._safe_update(wrapper, loss, 'decoder', logs):
+            self.decoder_steps += 1
+            ema_update_(self.decoder_ema, nn.ModuleDict(self.tokenizer.decoder_modules()),
+                        float(cfg['ema_decay']))
+
+    def _policy_token_terms(self, ro, chosen, w, adversarial, logs) -> Tensor:
+        """The decoder terms on policy tokens: rank-GAN, reward backprop, anchor, LASC."""
+        cfg = self.decoder_cfg
+        tokens = ro['tokens'][chosen]
+        images = self.decode(tokens, 'online')
+        total = images.new_zeros(())
+        if adversarial and cfg['rank_gan_weight'] > 0:
+            logits = self.discriminator(images).flatten(1).mean(1)
+            rank_gan = -(w * logits).mean()
+            total = total + cfg['rank_gan_weight'] * cfg['gan_weight'] * rank_gan
+            logs['decoder/rank_gan'] = rank_gan.detach()
+        if cfg['reward_weight'] > 0:
+            prompts = [ro['prompts'][i] for i in chosen.tolist()]
+            # the group normalisation of the combiner needs whole groups: use raw-scale rewards
+            score = self.rewards.differentiable_score(to_unit_range(images), prompts,
+                                                      group_size=1)
+            if score is None:
+                if not self._warned_reward_grad:
+                    self.rewards.warn_non_differentiable()
+                    self._warned_reward_grad = True
+                logs['decoder/reward_term_dropped'] = torch.ones(())
+            else:
+                self.rewards.warn_non_differentiable()
+                reward_term = -(w * score).mean()
+                total = total + cfg['reward_weight'] * reward_term
+                logs['decoder/reward'] = (-reward_term).detach()
+        if self.decoder_anchor is not None:
+            anchor = self.decoder_anchor
+            if anchor.uses == 'params':
+                penalty = anchor(nn.ModuleDict(self.tokenizer.decoder_modules()),
+                                 self.decoder_base if anchor.reference == 'initial'
+                                 else self.decoder_ema, kind='decoder')
+            else:
+                with torch.no_grad():
+                    if anchor.reference == 'ema' and self.rollout_cfg['decode_with'] == 'ema':
+                        reference = ro['images'][chosen]  # already decoded by the EMA decoder
+                    else:
+                        which = 'ema' if anchor.reference == 'ema' else 'base'
+                        reference = self.decode(tokens, which)
+                penalty = anchor(images, reference, kind='decoder', perceptual=self.perceptual)
+            total = total + anchor.weight * penalty
+            logs['decoder/anchor'] = penalty.detach()
+        if cfg['lasc_weight'] > 0 and ro['topk_logits'] is not None:
+            lasc = self._lasc(ro, chosen, images)
+            total = total + cfg['lasc_weight'] * lasc
+            logs['decoder/lasc'] = lasc.detach()
+        return total
+
+    def _lasc(self, ro, chosen, hard_images) -> Tensor:
+        """Latent-aware soft consistency: decode sum_k softmax(top-k logits)_k e_k (unit-norm
+        codebook rows, unlike the release) and match the hard decode (MSE, hard side detached)."""
+        logits = ro['topk_logits'][chosen]
+        indices = ro['topk_indices'][chosen]
+        probs = logits.float().softmax(-1)
+        codebook = F.normalize(self.tokenizer.quantize.embedding.weight, dim=-1)
+        soft = (probs.unsqueeze(-1) * codebook[indices]).sum(-2)  # (n, L, C)
+        side = math.isqrt(soft.shape[1])
+        soft = soft.transpose(1, 2).reshape(soft.shape[0], -1, side, side)
+        parts = self.tokenizer.decoder_modules()
+        soft_images = parts['decoder'](parts['post_quant_conv'](soft))
+        return F.mse_loss(soft_images, hard_images.detach())
+
+    # ----------------------------------------------------------------------------- mmengine API
+    def train_step(self, data, optim_wrapper: OptimWrapperDict) -> dict:
+        data = self.data_preprocessor(data, True)
+        prompts = list(data['caption'])
+        logs: dict = {}
+        run_policy, run_decoder = self.phases['policy'], self.phases['decoder']
+        logs['phase'] = torch.tensor(float(run_policy) + 2.0 * float(run_decoder))
+        if not (run_policy or run_decoder):
+            return logs
+        ro = self.rollout(prompts)
+        logs.update(self._reward_logs(ro))
+        if not self._all_ranks_true(bool(torch.isfinite(ro['rewards']).all())):
+            self._register_skip('reward', 'a reward', logs)
+            # non-finite statistics would poison the smoothed log: report the skip only
+            return dict(phase=logs['phase'], skipped_nonfinite=self.skipped_nonfinite.float())
+        skips_before = int(self.skipped_nonfinite)
+        if run_policy:
+            self.policy_step(ro, optim_wrapper['policy'], logs)
+        if run_decoder:
+            real = data['image'].to(ro['images'].dtype) * 2.0 - 1.0
+            self.decoder_step(ro, real, optim_wrapper, logs)
+        if int(self.skipped_nonfinite) == skips_before:
+            self.consecutive_skips.zero_()
+        logs['skipped_nonfinite'] = self.skipped_nonfinite.float()
+        if hasattr(self.rank_weights, 'tau'):
+            logs['tau'] = torch.tensor(float(self.rank_weights.tau))
+        return logs
+
+    def forward(self, inputs=None, data_samples=None, mode: str = 'predict', **kwargs):
+        """``predict``: one sample per caption of ``inputs`` (a list of prompts or a batch dict)
+        with the online policy and the EMA decoder; returns a list of dicts."""
+        prompts = inputs['caption'] if isinstance(inputs, dict) else inputs
+        if mode != 'predict':
+            raise ValueError(f"RankEModel.forward supports mode='predict' only, got '{mode}'")
+        out = self.generate(list(prompts), **kwargs)
+        return [dict(caption=p, tokens=t, image=img)
+                for p, t, img in zip(prompts, out['tokens'], out['images'])]
+
+    def val_step(self, data):
+        data = self.data_preprocessor(data, False)
+        return self(data, mode='predict')
+
+    def test_step(self, data):
+        return self.val_step(data)

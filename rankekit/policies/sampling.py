@@ -1,0 +1,109 @@
+"""Sampling helpers shared by the AR policies: random streams, logit filtering, token draws.
+
+Every draw is an inverse-CDF draw from one uniform number per (row, step). The uniforms are made
+up front by :func:`draw_uniforms`, either from one ``torch.Generator`` or from per-row seeds, so
+that (a) a row seeded on its own gives the same tokens whatever else is in the batch, and (b) a
+slow reference sampler fed the same uniforms must give exactly the same tokens as the KV-cache one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class SampleOutput:
+    """What a policy's ``sample()`` returns.
+
+    Attributes:
+        tokens: (B, L) long, the sampled codebook indices in raster order.
+        logprobs: (B, L) float32, log-prob of each token under the exact distribution it was drawn
+            from (after CFG, temperature, top-k and top-p).
+        topk_logits: (B, L, k) float32, the k largest CFG-combined logits of each step, before
+            temperature and filtering (for LASC soft latents); ``None`` unless asked for.
+        topk_indices: (B, L, k) long, their token ids; ``None`` unless asked for.
+    """
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    topk_logits: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
+
+
+def check_sampling_args(vocab_size: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Raise a clear ``ValueError`` for sampling settings that cannot work."""
+    if not temperature > 0:
+        raise ValueError(f'temperature must be > 0, got {temperature}; for greedy decoding use '
+                         f'top_k=1')
+    if top_k < 0 or top_k > vocab_size:
+        raise ValueError(f'top_k must be in [0, vocab_size={vocab_size}] (0 = no top-k '
+                         f'filtering), got {top_k}')
+    if not 0 < top_p <= 1:
+        raise ValueError(f'top_p must be in (0, 1] (1 = no nucleus filtering), got {top_p}')
+
+
+def draw_uniforms(batch_size: int, num_steps: int, *, seeds: Sequence[int] | None = None,
+                  generator: torch.Generator | None = None,
+                  device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Uniforms in [0, 1) of shape (batch_size, num_steps), one per token draw.
+
+    ``seeds`` gives row i its own CPU stream ``torch.Generator().manual_seed(seeds[i])`` (the same
+    numbers on every device); otherwise ``generator`` is used, else the global RNG.
+    """
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != batch_size:
+            raise ValueError(f'seeds has {len(seeds)} entries but the batch has {batch_size} rows; '
+                             f'give one seed per row')
+        rows = [torch.rand(num_steps, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(rows).to(device)
+    if generator is not None:
+        return torch.rand(batch_size, num_steps, generator=generator,
+                          device=generator.device).to(device)
+    return torch.rand(batch_size, num_steps, device=device)
+
+
+def cfg_combine(cond_logits: torch.Tensor, uncond_logits: torch.Tensor,
+                scale: float) -> torch.Tensor:
+    """Classifier-free guidance on raw logits, LlamaGen's form: ``u + (c - u) * scale``."""
+    return uncond_logits + (cond_logits - uncond_logits) * scale
+
+
+def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; returns ``(tokens (R,), logprobs (R,))``.
+
+    The distribution is ``softmax(logits / temperature)`` restricted to the ``top_k`` largest
+    logits, then to the smallest prefix (by decreasing probability) whose mass reaches ``top_p``
+    (the first token past the threshold is kept, as in LlamaGen/HF). ``logprobs`` are under that
+    final renormalised distribution. ``uniforms`` (R,) in [0, 1) pick the token by inverse CDF.
+    """
+    logits = logits.float() / temperature
+    index = None  # candidate -> token id, when candidates are sorted (top-k / top-p)
+    if 0 < top_k < logits.shape[-1]:  # top_k == vocab keeps everything: skip the sort
+        logits, index = logits.topk(top_k, dim=-1)  # sorted, largest first
+    if top_p < 1.0:
+        if index is None:
+            logits, index = logits.sort(dim=-1, descending=True)
+        probs = logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
+        logits = logits.masked_fill(mass_before > top_p, float('-inf'))
+    logp = logits.log_softmax(-1)
+    cdf = logp.exp().cumsum(-1)
+    pos = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True)
+    # rounding can push the draw past the last candidate that has probability > 0
+    last = logp.isfinite().sum(-1, keepdim=True) - 1
+    pos = torch.minimum(pos, last)
+    tokens = pos if index is None else index.gather(-1, pos)
+    return tokens.squeeze(-1), logp.gather(-1, pos).squeeze(-1)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits) gathered at ``tokens`` without materialising the full log-softmax."""
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+__all__ = ['SampleOutput', 'check_sampling_args', 'draw_uniforms', 'cfg_combine',
+           'sample_from_logits', 'token_logprobs']

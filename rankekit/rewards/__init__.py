@@ -1,0 +1,12 @@
+"""Rewards: images in [0, 1] + prompts -> one score per image (see :class:`BaseReward`).
+
+Importing this package registers the rewards in ``rankekit.registry.REWARDS``; heavy libraries
+(open_clip) are imported only when a reward is built.
+"""
+from rankekit.rewards.attribute_reward import AttributeReward
+from rankekit.rewards.base import BaseReward
+from rankekit.rewards.callable_reward import CallableReward
+from rankekit.rewards.clip_score import ClipScore
+from rankekit.rewards.combiner import RewardCombiner
+
+__all__ = ['BaseReward', 'AttributeReward', 'CallableReward', 'ClipScore', 'RewardCombiner']

@@ -1,0 +1,142 @@
+"""Several rewards into one score per rollout: weights, normalisation, per-reward statistics."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from rankekit.registry import REWARDS
+
+_NORMALISE = ('none', 'running', 'group')
+
+
+class RewardCombiner(nn.Module):
+    """Weighted sum of rewards after an optional normalisation of each reward.
+
+    combined_i = sum_k w_k * norm_k(r_k,i), with ``normalize``:
+
+    - ``'none'``: raw scores;
+    - ``'running'``: (r - mu_k) / sigma_k with running mean/std of reward k over training
+      (momentum ``running_momentum``; statistics are buffers, so they are checkpointed);
+    - ``'group'``: (r - mean_group) / (std_group + eps) over the G rollouts of each prompt.
+
+    ``score(images, prompts)`` is the no-grad path used to rank rollouts; it returns the combined
+    scores and each reward's raw scores (for logging). ``differentiable_score`` is the path with a
+    gradient to the images, used for reward backprop into the decoder: only the differentiable
+    rewards take part, with the same (detached) normalisation.
+    """
+
+    def __init__(self, rewards: list, weights: list[float] | None = None,
+                 normalize: str = 'none', running_momentum: float = 0.01, eps: float = 1e-6):
+        super().__init__()
+        if isinstance(rewards, (dict, nn.Module)):
+            rewards = [rewards]
+        if not rewards:
+            raise ValueError('model.rewards is empty: give at least one reward config, e.g. '
+                             "rewards=[dict(type='ClipScore', ...)]")
+        modules = [REWARDS.build(r) if isinstance(r, dict) else r for r in rewards]
+        names = [m.name for m in modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f'reward names must be unique, got {names}; set name=... on the '
+                             'reward configs')
+        if weights is None:
+            weights = [1.0] * len(modules)
+        if len(weights) != len(modules):
+            raise ValueError(f'model.reward_weights has {len(weights)} entries for '
+                             f'{len(modules)} rewards')
+        if normalize not in _NORMALISE:
+            raise ValueError(f"reward normalize='{normalize}' is unknown; use one of {_NORMALISE}")
+        self.rewards = nn.ModuleList(modules)
+        for reward in self.rewards:
+            reward.requires_grad_(False)
+        self.weights = [float(w) for w in weights]
+        self.normalize = normalize
+        self.momentum = running_momentum
+        self.eps = eps
+        self.register_buffer('running_mean', torch.zeros(len(modules)))
+        self.register_buffer('running_var', torch.ones(len(modules)))
+        self.register_buffer('running_initialised', torch.zeros((), dtype=torch.bool))
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rewards]
+
+    @property
+    def any_differentiable(self) -> bool:
+        return any(r.differentiable for r in self.rewards)
+
+    def _run(self, reward: nn.Module, images: Tensor, prompts: list[str]) -> Tensor:
+        scores = reward(images, prompts)
+        if not isinstance(scores, Tensor) or scores.shape != (len(prompts),):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"reward '{reward.name}' returned {shape} for {len(prompts)} images; "
+                             'a reward must return a tensor of shape (N,)')
+        return scores.float()
+
+    def _normalise(self, raw: Tensor, group_size: int, update: bool) -> Tensor:
+        """raw: (K, N) -> normalised (K, N); statistics are treated as constants."""
+        if self.normalize == 'none':
+            return raw
+        if self.normalize == 'group':
+            grouped = raw.view(raw.shape[0], -1, group_size)
+            mean = grouped.mean(-1, keepdim=True).detach()
+            std = grouped.std(-1, unbiased=False, keepdim=True).detach()
+            return ((grouped - mean) / (std + self.eps)).view_as(raw)
+        if update:
+            with torch.no_grad():
+                mean, var = raw.mean(1), raw.var(1, unbiased=False)
+                if not bool(self.running_initialised):
+                    self.running_mean.copy_(mean)
+                    self.running_var.copy_(var)
+                    self.running_initialised.fill_(True)
+                else:
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(var, self.momentum)
+        std = self.running_var.sqrt().clamp_min(self.eps)
+        return (raw - self.running_mean[:, None]) / std[:, None]
+
+    def _combine(self, normalised: Tensor, which: list[int]) -> Tensor:
+        weights = normalised.new_tensor([self.weights[k] for k in which])
+        return (weights[:, None] * normalised).sum(0)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str], group_size: int = 1,
+              update_stats: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Combined scores (N,) and each reward's raw scores, without gradients.
+
+        Non-finite raw scores are returned as they are: the caller decides to skip the update.
+        Running statistics are only updated when every score is finite.
+        """
+        raw = torch.stack([self._run(r, images, prompts) for r in self.rewards])
+        finite = bool(torch.isfinite(raw).all())
+        normalised = self._normalise(raw, group_size, update=update_stats and finite)
+        combined = self._combine(normalised, list(range(len(self.rewards))))
+        return combined, {name: raw[k] for k, name in enumerate(self.names)}
+
+    def differentiable_score(self, images: Tensor, prompts: list[str],
+                             group_size: int = 1) -> Tensor | None:
+        """Combined score of the differentiable rewards with a gradient to ``images``.
+
+        Returns None when no reward is differentiable (the caller drops the term and says so).
+        """
+        which = [k for k, r in enumerate(self.rewards) if r.differentiable]
+        if not which:
+            return None
+        raw = torch.stack([self._run(self.rewards[k], images, prompts) for k in which])
+        if self.normalize == 'running':
+            std = self.running_var[which].sqrt().clamp_min(self.eps)
+            normalised = (raw - self.running_mean[which, None]) / std[:, None]
+        else:
+            normalised = self._normalise(raw, group_size, update=False)
+        return self._combine(normalised, which)
+
+    def warn_non_differentiable(self) -> list[str]:
+        """Names of the rewards that cannot give a decoder gradient (warned about once)."""
+        names = [r.name for r in self.rewards if not r.differentiable]
+        if names and not getattr(self, '_warned', False):
+            warnings.warn(f'rewards {names} are not differentiable: they take no part in the '
+                          'decoder reward-backprop term (decoder.reward_weight); ranking still '
+                          'uses them', stacklevel=2)
+            self._warned = True
+        return names

@@ -1,0 +1,39 @@
+"""The toy world's pretrained checkpoints, shipped inside the package.
+
+Configs refer to them as ``toy://<name>`` (e.g. ``pretrained='toy://vq.pt'``); every weights
+loader of rankekit resolves that prefix here. ``python tools/prepare_toy_assets.py`` rebuilds
+them from fixed seeds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSET_DIR = Path(__file__).resolve().parent / 'assets'
+PREFIX = 'toy://'
+REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
+
+
+class MissingToyAssetError(FileNotFoundError):
+    """A toy checkpoint is not in the package (rebuild it with tools/prepare_toy_assets.py)."""
+
+
+def is_toy_asset(path) -> bool:
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def toy_asset_path(name: str, must_exist: bool = True) -> Path:
+    """Path of a shipped toy checkpoint; ``name`` with or without the ``toy://`` prefix."""
+    if name.startswith(PREFIX):
+        name = name[len(PREFIX):]
+    path = ASSET_DIR / name
+    if must_exist and not path.is_file():
+        raise MissingToyAssetError(
+            f"toy asset '{name}' is missing (expected at {path}). Rebuild the toy checkpoints "
+            f'with `{REBUILD_COMMAND}` (about 20-30 min on 2 CPU cores), from the repository '
+            'root.')
+    return path
+
+
+def resolve_weights_path(path) -> Path:
+    """``toy://name`` -> the packaged file; anything else -> ``Path(path)`` unchanged."""
+    return toy_asset_path(path) if is_toy_asset(path) else Path(path).expanduser()

@@ -1,0 +1,174 @@
+"""RankEModel with tiny random components: phases, frozen parts, EMA, safety, the hook."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from rankekit.engine.hooks import CoEvolutionHook
+from rankekit.engine.optim_constructor import MultiOptimWrapperConstructor
+from rankekit.models import NonFiniteError
+from tiny_components import IMAGE, tiny_model_cfg
+pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    from rankekit.registry import MODELS
+    model = MODELS.build(tiny_model_cfg(**overrides))
+    model.train()
+    optim = MultiOptimWrapperConstructor(dict(
+        policy=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3))))(model)
+    return model, optim
+
+
+def batch(n=2):
+    g = torch.Generator().manual_seed(1)
+    return dict(image=torch.rand(n, 3, IMAGE, IMAGE, generator=g),
+                caption=['a red circle on the left', 'a small blue square at the top'][:n])
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()
+            if isinstance(v, torch.Tensor)}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_only_decoder_parts_of_the_tokenizer_train():
+    model, _ = build()
+    trainable = {n for n, p in model.tokenizer.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(('decoder.', 'post_quant_conv.')) for n in trainable)
+    assert set(model.optim_parts()) == {'policy', 'decoder', 'discriminator'}
+
+
+def test_sync_step_updates_policy_and_decoder_and_nothing_frozen():
+    model, optim = build()
+    frozen = {name: snapshot(getattr(model, name))
+              for name in ('text_encoder', 'policy_ref', 'decoder_base', 'rewards', 'perceptual')}
+    encoder = snapshot(model.tokenizer.encoder)
+    codebook = model.tokenizer.quantize.embedding.weight.detach().clone()
+    policy, decoder = snapshot(model.policy), snapshot(model.tokenizer.decoder)
+    policy_ema, decoder_ema = snapshot(model.policy_ema), snapshot(model.decoder_ema)
+    logs = model.train_step(batch(), optim)
+    assert changed(policy, model.policy) and changed(decoder, model.tokenizer.decoder)
+    assert changed(policy_ema, model.policy_ema) and changed(decoder_ema, model.decoder_ema)
+    for name, state in frozen.items():
+        assert not changed(state, getattr(model, name)), name
+    assert not changed(encoder, model.tokenizer.encoder)
+    assert torch.equal(codebook, model.tokenizer.quantize.embedding.weight)
+    for key in ('reward/redness_reward/mean', 'reward/redness_reward/std', 'reward/frac_zero_std',
+                'policy/loss', 'policy/kl', 'policy/clip_frac', 'decoder/l1',
+                'decoder/perceptual', 'decoder/gan', 'decoder/rank_gan', 'decoder/reward',
+                'decoder/anchor', 'disc/loss', 'phase', 'tau', 'skipped_nonfinite'):
+        assert key in logs, key
+        assert math.isfinite(float(logs[key])), key
+    assert float(logs['phase']) == 3.0
+    assert int(model.policy_steps) == 1 and int(model.decoder_steps) == 1
+
+
+@pytest.mark.parametrize('phases,trained,untouched', [
+    (dict(policy=True, decoder=False), 'policy', 'decoder'),
+    (dict(policy=False, decoder=True), 'decoder', 'policy')])
+def test_phase_flags_are_obeyed(phases, trained, untouched):
+    model, optim = build()
+    model.phases = phases
+    parts = dict(policy=model.policy, decoder=model.tokenizer.decoder)
+    before = {k: snapshot(m) for k, m in parts.items()}
+    model.train_step(batch(), optim)
+    assert changed(before[trained], parts[trained])
+    assert not changed(before[untouched], parts[untouched])
+
+
+def test_non_finite_reward_skips_and_stops_after_limit():
+    model, optim = build(rewards=[dict(type='RednessReward', poison_after=0)],
+                         safety=dict(max_consecutive_skips=3))
+    state = snapshot(model)
+    for expected in (1, 2):
+        logs = model.train_step(batch(), optim)
+        assert float(logs['skipped_nonfinite']) == expected
+    after = model.state_dict()
+    for key, value in state.items():
+        if key.endswith(('skipped_nonfinite', 'consecutive_skips', 'rollout_rng_state')):
+            continue
+        assert torch.equal(value, after[key]), f'{key} changed although the update was skipped'
+    with pytest.raises(NonFiniteError, match='3 consecutive updates were skipped'):
+        model.train_step(batch(), optim)
+
+
+def test_non_finite_loss_skips_only_that_update():
+    model, optim = build()
+    model.policy_anchor.weight = float('nan')
+    policy, decoder = snapshot(model.policy), snapshot(model.tokenizer.decoder)
+    logs = model.train_step(batch(), optim)
+    assert 'skipped/policy' in logs and float(logs['skipped_nonfinite']) == 1
+    assert not changed(policy, model.policy)
+    assert changed(decoder, model.tokenizer.decoder)
+    assert all(p.grad is None or not p.grad.abs().sum() for p in model.policy.parameters())
+
+
+def test_non_differentiable_reward_drops_decoder_term_with_one_warning():
+    model, optim = build(rewards=[dict(type='RednessReward', differentiable=False)],
+                         decoder_cfg=dict(reward_weight=0.1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        logs = model.train_step(batch(), optim)
+        model.train_step(batch(), optim)
+    messages = [str(w.message) for w in caught if 'not differentiable' in str(w.message)]
+    assert len(messages) == 1
+    assert 'decoder/reward' not in logs and float(logs['decoder/reward_term_dropped']) == 1
+
+
+def test_generate_combos_and_predict():
+    model, _ = build()
+    for policy in ('online', 'ema', 'base'):
+        for decoder in ('online', 'ema', 'base'):
+            out = model.generate(['a red circle'], policy=policy, decoder=decoder,
+                                 seeds=[0])
+            assert out['tokens'].shape == (1, 16)
+            assert out['images'].shape == (1, 3, IMAGE, IMAGE)
+            assert 0 <= float(out['images'].min()) and float(out['images'].max()) <= 1
+    preds = model.val_step(dict(caption=['a', 'b']))
+    assert len(preds) == 2 and preds[0]['image'].shape == (3, IMAGE, IMAGE)
+
+
+def test_unknown_config_keys_are_reported_with_suggestion():
+    with pytest.raises(KeyError, match="'rank_gan_weigth' \\(did you mean 'rank_gan_weight'"):
+        build(decoder_cfg=dict(rank_gan_weigth=1.0))
+
+
+def test_hook_schedules_and_anneals():
+    hook = CoEvolutionHook(schedule='alternate', policy_iters=2, decoder_iters=1,
+                           warmup_iters=2, warmup_mode='decoder',
+                           tau=dict(type='cosine', start=4.0, end=1.0, stop=0.5),
+                           coefficients=dict(policy_anchor=dict(type='linear', start=0.1,
+                                                                end=0.0)))
+    seq = [hook.phases_at(i) for i in range(7)]
+    assert [(p['policy'], p['decoder']) for p in seq] == [
+        (False, True), (False, True), (True, False), (True, False), (False, True),
+        (True, False), (True, False)]
+    assert CoEvolutionHook(train_mode='policy').phases_at(5) == dict(policy=True, decoder=False)
+    assert hook.tau(0, 10) == 4.0 and hook.tau(5, 10) == 1.0
+    assert hook.tau(2, 10) == pytest.approx(1.0 + 3.0 * 0.5 * (1 + math.cos(math.pi * 0.4)))
+    assert hook.coefficients['policy_anchor'](5, 10) == pytest.approx(0.05)
+
+
+def test_checkpoint_leaves_out_frozen_config_modules_and_reloads():
+    model, optim = build()
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith(('text_encoder.', 'rewards.rewards.',
+                                                  'perceptual.'))]
+    assert any(k.startswith('policy_ref.') for k in state)
+    assert 'rewards.running_mean' in state
+    model.train_step(batch(), optim)
+    other, _ = build()
+    result = other.load_state_dict(model.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other.state_dict()[key]), key
