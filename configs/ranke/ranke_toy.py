@@ -7,3 +7,11 @@ model = dict(
     policy=dict(pretrained='toy://policy.pt'),
     text_encoder=dict(pretrained='toy://text_encoder.pt'),
     perceptual_loss=dict(net=dict(pretrained='toy://reward_classifier.pt')))
+default_hooks = dict(
+    # schedules the phases and anneals tau 4 -> 1 over the first 20% (released)
+    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
+                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
+    summary=dict(type='TrainingSummaryHook'),
+    checkpoint=dict(interval=100))
+custom_hooks = [dict(type='RichProgressHook',
+                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]

@@ -8,11 +8,3 @@ optim_wrapper = dict(
                  clip_grad=dict(max_norm=1.0)),
     discriminator=dict(optimizer=dict(type='AdamW', lr=2e-4, weight_decay=0.01),
                        clip_grad=dict(max_norm=1.0)))
-default_hooks = dict(
-    # schedules the phases and anneals tau 4 -> 1 over the first 20% (released)
-    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
-                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
-    summary=dict(type='TrainingSummaryHook'),
-    checkpoint=dict(interval=100))
-custom_hooks = [dict(type='RichProgressHook',
-                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]

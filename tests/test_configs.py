@@ -1,0 +1,53 @@
+"""Every shipped config loads; every ablation is a small diff of RankE and runs 2 iterations."""
+from pathlib import Path
+
+import pytest
+
+from rankekit.apis.config import load_config
+from rankekit.apis.train import build_runner, parse_args, setup_cfg
+from rankekit.utils.config_diff import config_diff, flatten, format_diff
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in p.parts)
+ABLATIONS = sorted((REPO / 'configs' / 'ablation').glob('*.py'))
+BASE = REPO / 'configs' / 'ranke' / 'ranke_toy.py'
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+def test_config_diff_by_hand():
+    a = dict(model=dict(lr=1, parts=[dict(type='A')]), work_dir='x')
+    b = dict(model=dict(lr=2, parts=[dict(type='B')], extra=True), work_dir='y')
+    assert flatten(a) == {'model.lr': 1, 'model.parts[0].type': 'A', 'work_dir': 'x'}
+    assert config_diff(a, b) == {'model.extra': ('<absent>', True), 'model.lr': (1, 2),
+                                 'model.parts[0].type': ('A', 'B')}
+    assert format_diff(config_diff(a, b)) == 'model.extra=True, model.lr=2, model.parts[0].type=B'
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO / 'configs')))
+def test_config_loads(path):
+    cfg = load_config(str(path))
+    assert cfg.default_scope == 'rankekit'
+    assert 'model' in cfg and 'train_dataloader' in cfg
+
+
+@pytest.mark.parametrize('path', ABLATIONS, ids=lambda p: p.stem)
+def test_ablation_is_a_small_diff(path):
+    diff = config_diff(load_config(str(BASE)), load_config(str(path)))
+    assert len(diff) <= 12, format_diff(diff, limit=20)
+    if path.stem not in ('anchor_ema', 'loss_grpo'):  # these two restate the default explicitly
+        assert diff, f'{path.stem} does not change anything'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', [BASE, REPO / 'configs/ranke/grpo_toy.py', *ABLATIONS],
+                         ids=lambda p: p.stem)
+def test_config_trains_two_iterations(path, tmp_path):
+    args = parse_args([str(path), '--work-dir', str(tmp_path), '--cfg-options',
+                       'train_cfg.max_iters=2', 'train_dataloader.batch_size=2',
+                       'model.rollout.group_size=4', 'model.decoder_cfg.disc_start=0',
+                       'log_level=WARNING', 'custom_hooks=[]'])
+    runner = build_runner(setup_cfg(args))
+    runner.train()
+    assert runner.iter == 2
+    assert (tmp_path / 'iter_2.pth').is_file()
+    assert int(runner.model.skipped_nonfinite) == 0
