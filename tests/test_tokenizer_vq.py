@@ -1,5 +1,6 @@
 """VQModel against the official LlamaGen references, and the toy tokenizer pretraining model."""
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from mmengine.optim import OptimWrapper
 from rankekit.registry import MODELS, TOKENIZERS
 from rankekit.tokenizers import VQModel, VectorQuantizer
 from rankekit.tokenizers.vq_model import entropy_loss
-from rankekit.toy.pretrain_tokenizer import (TOY_TOKENIZER, VQPretrainModel, evaluate_tokenizer,
+from rankekit.toy.pretrain_tokenizer import (VQPretrainModel, evaluate_tokenizer,
                                              psnr, spherical_kmeans)
 from rankekit.utils.checkpoint import WeightsFileError
 
@@ -144,7 +145,10 @@ def test_arch_presets_and_overrides():
         vq8 = VQModel(arch='VQ-8', codebook_size=1024)
     assert vq8.config.encoder_ch_mult == [1, 2, 2, 4] and vq8.downsample_factor == 8
     assert vq8.codebook_size == 1024 and vq8.grid_size == 32
-    toy = TOKENIZERS.build(TOY_TOKENIZER)
+    from rankekit.apis.config import load_config
+    backbone = load_config(str(Path(__file__).resolve().parents[1] /
+                               'configs/_base_/models/toy_backbone.py'))
+    toy = TOKENIZERS.build(backbone.toy_tokenizer.to_dict())
     assert toy.grid_size == 8 and toy.codebook_size == 256 and toy.codebook_embed_dim == 8
     assert sum(p.numel() for p in toy.parameters()) * 4 < 6e6  # small float32 checkpoint
 

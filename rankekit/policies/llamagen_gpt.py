@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankekit.registry import POLICIES
-from rankekit.utils.checkpoint import load_model_weights
+from rankekit.utils.checkpoint import LLAMAGEN_GPT_IGNORE, load_model_weights
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
                        sample_from_logits, token_logprobs)
@@ -271,7 +271,9 @@ class LlamaGenGPT(nn.Module):
         self._rope = rope_2d_table(grid, dim // n_head, rope_base, self._cls_token_num)
         self._init_weights(initializer_range)
         if pretrained:
-            load_model_weights(self, pretrained, strict=True, what='LlamaGen t2i GPT checkpoint',
+            # checkpoints saved after sampling carry KV-cache buffers: not model weights
+            load_model_weights(self, pretrained, strict=True, ignore=LLAMAGEN_GPT_IGNORE,
+                               what='LlamaGen t2i GPT checkpoint',
                                source='https://huggingface.co/peizesun/llamagen_t2i')
 
     def _init_weights(self, std: float) -> None:

@@ -3,10 +3,13 @@
 Importing this package registers the rewards in ``rankekit.registry.REWARDS``; heavy libraries
 (open_clip) are imported only when a reward is built.
 """
+from rankekit.rewards.aesthetic import Aesthetic
 from rankekit.rewards.attribute_reward import AttributeReward
 from rankekit.rewards.base import BaseReward
 from rankekit.rewards.callable_reward import CallableReward
 from rankekit.rewards.clip_score import ClipScore
 from rankekit.rewards.combiner import RewardCombiner
+from rankekit.rewards.hpsv2 import HPSv2
 
-__all__ = ['BaseReward', 'AttributeReward', 'CallableReward', 'ClipScore', 'RewardCombiner']
+__all__ = ['BaseReward', 'Aesthetic', 'AttributeReward', 'CallableReward', 'ClipScore', 'HPSv2',
+           'RewardCombiner']

@@ -1,4 +1,7 @@
 """rankekit.text_encoders: prompt encoders registered in ``TEXT_ENCODERS``."""
+from rankekit.policies.janus import JanusPromptEncoder  # defined next to JanusProPolicy
+
+from .t5 import T5TextEncoder
 from .toy_text_encoder import ToyTextEncoder
 
-__all__ = ['ToyTextEncoder']
+__all__ = ['T5TextEncoder', 'ToyTextEncoder', 'JanusPromptEncoder']

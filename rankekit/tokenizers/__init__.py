@@ -1,4 +1,5 @@
 """VQ tokenizers: images <-> grids of codebook indices (LlamaGen-compatible :class:`VQModel`)."""
+from .janus_vq import JanusVQ, load_janus_gen_vision
 from .vq_model import VQ_ARCHS, VQConfig, VQModel, VectorQuantizer
 
-__all__ = ['VQModel', 'VQConfig', 'VectorQuantizer', 'VQ_ARCHS']
+__all__ = ['VQModel', 'VQConfig', 'VectorQuantizer', 'VQ_ARCHS', 'JanusVQ', 'load_janus_gen_vision']

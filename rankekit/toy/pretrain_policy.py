@@ -17,19 +17,6 @@ from torch import nn
 from rankekit.registry import MODELS, POLICIES, TEXT_ENCODERS, TOKENIZERS
 from rankekit.utils.build import build_module
 
-#: the toy policy: 4 layers of width 128 over the toy tokenizer's 8x8 grid of 256 codes,
-#: conditioned on 16 caption tokens of dim 64 (ToyTextEncoder's defaults)
-TOY_POLICY = dict(type='LlamaGenGPT', dim=128, n_layer=4, n_head=4, vocab_size=256,
-                  block_size=64, cls_token_num=16, caption_dim=64, token_dropout_p=0.0,
-                  resid_dropout_p=0.0, ffn_dropout_p=0.0, class_dropout_prob=0.1)
-TOY_TEXT_ENCODER = dict(type='ToyTextEncoder', embed_dim=64, max_length=16)
-
-
-def _default_tokenizer() -> dict:
-    from rankekit.toy.pretrain_tokenizer import TOY_TOKENIZER
-    return dict(TOY_TOKENIZER)
-
-
 @MODELS.register_module()
 class PolicyPretrainModel(BaseModel):
     """Trains the toy AR policy and text encoder on a frozen tokenizer's codes (CE, caption dropout).
@@ -56,17 +43,14 @@ class PolicyPretrainModel(BaseModel):
         policy=dict(type='LlamaGenGPT', dim=32, n_layer=1, n_head=2, vocab_size=32,
                     block_size=64, cls_token_num=8, caption_dim=32))
 
-    def __init__(self, tokenizer: dict | nn.Module | None = None,
-                 text_encoder: dict | nn.Module | None = None,
-                 policy: dict | nn.Module | None = None, drop_caption: bool = True,
+    def __init__(self, tokenizer: dict | nn.Module, text_encoder: dict | nn.Module,
+                 policy: dict | nn.Module, drop_caption: bool = True,
                  freeze_text_encoder: bool = False, data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.tokenizer = build_module(TOKENIZERS, tokenizer or _default_tokenizer(),
-                                      'model.tokenizer')
-        self.text_encoder = build_module(TEXT_ENCODERS, text_encoder or dict(TOY_TEXT_ENCODER),
-                                         'model.text_encoder')
-        self.policy = build_module(POLICIES, policy or dict(TOY_POLICY), 'model.policy')
+        self.tokenizer = build_module(TOKENIZERS, tokenizer, 'model.tokenizer')
+        self.text_encoder = build_module(TEXT_ENCODERS, text_encoder, 'model.text_encoder')
+        self.policy = build_module(POLICIES, policy, 'model.policy')
         self.drop_caption = drop_caption
         self.freeze_text_encoder = freeze_text_encoder
         self._check_shapes()

@@ -7,7 +7,7 @@ standard remedies, all in :class:`VQPretrainModel`:
 2. codebook initialised from encoder outputs (spherical k-means over recent latents) at the first
    quantised step;
 3. dead-code reset: every ``reset_interval`` iterations, codes no latent chose since the last
-   reset are moved onto random recent latents.
+   reset are moved onto recent latents, drawn in proportion to their quantisation error.
 """
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ from mmengine.model import BaseModel
 
 from rankekit.registry import MODELS, TOKENIZERS
 from rankekit.tokenizers.vq_model import VQModel
-
-#: the toy tokenizer: 32x32 images -> 8x8 grid (3 levels, factor 4), 256 codes of dim 8
-TOY_TOKENIZER = dict(type='VQModel', ch=32, num_res_blocks=1, encoder_ch_mult=[1, 1, 2],
-                     decoder_ch_mult=[1, 1, 2], z_channels=64, codebook_size=256,
-                     codebook_embed_dim=8, image_size=32)
-
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB, shape (B,), of (B, C, H, W) images in a ``data_range`` range."""
@@ -61,7 +55,8 @@ class VQPretrainModel(BaseModel):
     during warm-up) and ``codebook/reset`` (codes moved at this iteration).
 
     Args:
-        tokenizer: a VQModel config (default :data:`TOY_TOKENIZER`; ``type`` optional) or module.
+        tokenizer: a VQModel config (``type`` optional) or module; the toy one is
+            ``toy_tokenizer`` in configs/_base_/models/toy_backbone.py.
         l1_weight / l2_weight: weights of the L1 and squared-error reconstruction terms.
         vq_weight: weight of codebook + commitment (+ entropy) losses of the quantiser.
         warmup_iters: iterations without quantisation at the start.
@@ -70,6 +65,8 @@ class VQPretrainModel(BaseModel):
         kmeans_iters: k-means iterations of the codebook initialisation.
         reset_interval: iterations between dead-code resets after warm-up (0 disables).
         reset_noise: std of the noise added to a reset code (keeps copies of one latent apart).
+        reset_by_error: draw the latents that dead codes move to with probability proportional
+            to their quantisation error (True) rather than uniformly.
         latent_buffer_size: how many recent latent vectors are kept to draw from.
     """
 
@@ -80,10 +77,11 @@ class VQPretrainModel(BaseModel):
                                        z_channels=16, codebook_size=16, codebook_embed_dim=4,
                                        image_size=16))
 
-    def __init__(self, tokenizer: dict | VQModel | None = None, l1_weight: float = 1.0,
+    def __init__(self, tokenizer: dict | VQModel, l1_weight: float = 1.0,
                  l2_weight: float = 1.0, vq_weight: float = 1.0, warmup_iters: int = 100,
                  codebook_init: str | None = 'kmeans', kmeans_iters: int = 10,
                  reset_interval: int = 20, reset_noise: float = 0.01,
+                 reset_by_error: bool = True,
                  latent_buffer_size: int = 8192, seed: int = 0,
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -94,7 +92,6 @@ class VQPretrainModel(BaseModel):
             raise ValueError('VQPretrainModel: warmup_iters and reset_interval must be >= 0 and '
                              f'latent_buffer_size >= 1, got {warmup_iters}, {reset_interval}, '
                              f'{latent_buffer_size}')
-        tokenizer = TOY_TOKENIZER if tokenizer is None else tokenizer
         if isinstance(tokenizer, dict):  # 'type' may be left out: VQModel
             tokenizer = TOKENIZERS.build({'type': 'VQModel', **tokenizer})
         self.tokenizer = tokenizer
@@ -105,6 +102,7 @@ class VQPretrainModel(BaseModel):
         self.warmup_iters, self.codebook_init = warmup_iters, codebook_init
         self.kmeans_iters = kmeans_iters
         self.reset_interval, self.reset_noise = reset_interval, reset_noise
+        self.reset_by_error = reset_by_error
         self.generator = torch.Generator().manual_seed(seed)
 
         n_codes, dim = self.tokenizer.codebook_size, self.tokenizer.codebook_embed_dim
@@ -149,9 +147,19 @@ class VQPretrainModel(BaseModel):
         self.latents[pos.to(self.latents.device)] = rows.to(self.latents.dtype)
         self.latents_seen += rows.shape[0]
 
-    def _recent_latents(self, n: int) -> torch.Tensor:
+    def _recent_latents(self, n: int, by_error: bool = False) -> torch.Tensor:
+        """n recent latents, uniformly or with probability ~ their quantisation error."""
         stored = self.latents[:min(self.latents_seen, self.latents.shape[0])]
-        return stored[torch.randint(stored.shape[0], (n,), generator=self.generator)]
+        if not by_error:
+            return stored[torch.randint(stored.shape[0], (n,), generator=self.generator)]
+        codebook = self.tokenizer.quantize.codebook().to(stored)
+        error = torch.cdist(stored, codebook).min(dim=1).values.pow(2).cpu()
+        # well-represented latents (the dark background, most of every image) would otherwise
+        # attract most resets and split one visual state over many near-duplicate codes, which
+        # makes the token stream needlessly hard for the AR policy to model
+        index = torch.multinomial(error.clamp_min(1e-12), n, replacement=True,
+                                  generator=self.generator)
+        return stored[index.to(stored.device)]
 
     @torch.no_grad()
     def init_codebook(self) -> None:
@@ -174,7 +182,7 @@ class VQPretrainModel(BaseModel):
         dead = (self.code_hits == 0).nonzero().flatten()
         if len(dead) and self.latents_seen:
             weight = self.tokenizer.quantize.embedding.weight
-            fresh = self._recent_latents(len(dead)).to(weight)
+            fresh = self._recent_latents(len(dead), by_error=self.reset_by_error).to(weight)
             fresh = fresh + self.reset_noise * torch.randn(
                 fresh.shape, generator=self.generator).to(weight)
             weight[dead.to(weight.device)] = fresh

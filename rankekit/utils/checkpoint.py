@@ -9,17 +9,22 @@ history buffers, numpy scalars) that ``weights_only=True`` rejects on torch >= 2
 this toolkit wrote itself, so :func:`register_runner_checkpoint_loader` makes MMEngine load local
 files with ``weights_only=False``. Do not point ``load_from`` at files you do not trust; use
 ``model.init_cfg``/the component ``pretrained=`` paths (weights only) for third-party weights.
+
+Formats: torch pickles (``.pt``/``.pth``/``.bin``, read with ``weights_only=True``),
+``.safetensors`` files, and Hugging Face model folders whose weights are one file or shards
+listed in an index json (:func:`load_sharded_state_dict`).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -28,6 +33,15 @@ from torch import nn
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # containers that official checkpoints nest their state_dict under, tried in this order
 _CONTAINER_KEYS = ('model', 'module', 'state_dict', 'ema')
+
+#: Keys to leave out when loading an official LlamaGen GPT checkpoint: a checkpoint saved after
+#: ``setup_caches()`` (during or after sampling) holds every layer's KV-cache buffers
+#: ``layers.N.attention.kv_cache.{k,v}_cache``, which are scratch space, not weights.
+LLAMAGEN_GPT_IGNORE = r'(^|\.)kv_cache\.[kv]_cache$'
+
+# Hugging Face folder layouts, in order of preference: (index json, single file)
+_HF_LAYOUTS = (('model.safetensors.index.json', 'model.safetensors'),
+               ('pytorch_model.bin.index.json', 'pytorch_model.bin'))
 
 
 class WeightsFileError(RuntimeError):
@@ -45,21 +59,42 @@ def _missing_file_message(path: Path, what: str, source: str | None, where: str 
     return msg + ' (see docs/prepare_assets.md).'
 
 
-def load_weights_file(path: str | os.PathLike, *, what: str = 'weights file',
-                      source: str | None = None, where: str | None = None,
-                      map_location: str | torch.device = 'cpu') -> object:
-    """``torch.load(path, weights_only=True)`` with clear errors.
+def _corrupt_file_error(path: Path, what: str, source: str | None,
+                        exc: BaseException) -> WeightsFileError:
+    text = str(exc)
+    first = text.splitlines()[0] if text else ''
+    return WeightsFileError(
+        f'{what} {path} could not be read ({type(exc).__name__}: {first}). The file is '
+        f'truncated or corrupt: download or copy it again' + (f' from {source}' if source else '')
+        + '.')
 
-    Args:
-        path: the file, or ``toy://<name>`` for a checkpoint shipped with the toy world.
-        what: what the file is, for messages ("LlamaGen GPT-XL checkpoint").
-        source: where a user gets it (a URL or a command), for the missing-file message.
-        where: where the config expects it, for the missing-file message.
+
+def _load_safetensors(path: Path, what: str, source: str | None, map_location,
+                      keys=None) -> 'OrderedDict[str, torch.Tensor]':
+    """Tensors of a ``.safetensors`` file, with clear errors.
+
+    ``keys``: None (all), a list of names (those the file has) or a predicate on names.
     """
-    from rankekit.toy.assets import resolve_weights_path
-    path = resolve_weights_path(path)  # toy://name -> packaged toy checkpoint (clear error)
-    if not path.is_file():
-        raise WeightsFileError(_missing_file_message(path, what, source, where))
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise ImportError(f'{what} {path} is a .safetensors file, which needs the safetensors '
+                          f'package: pip install safetensors') from exc
+    device = str(map_location) if isinstance(map_location, torch.device) else map_location
+    try:
+        with safe_open(str(path), framework='pt', device=device or 'cpu') as handle:
+            available = list(handle.keys())
+            if callable(keys):
+                available = [k for k in available if keys(k)]
+            elif keys is not None:  # the requested keys the file has (callers report the rest)
+                present = set(available)
+                available = [k for k in keys if k in present]
+            return OrderedDict((k, handle.get_tensor(k)) for k in available)
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
+        raise _corrupt_file_error(path, what, source, exc) from exc
+
+
+def _load_torch_file(path: Path, what: str, source: str | None, map_location) -> object:
     try:
         # some official checkpoints pickle their argparse args next to the weights
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -72,14 +107,128 @@ def load_weights_file(path: str | os.PathLike, *, what: str = 'weights file',
                 f'unpickle for safety. Re-save it as a plain state_dict: '
                 f'torch.save(torch.load(p, weights_only=False)["model"], p2) in a trusted '
                 f'session. Original error: {text.splitlines()[0]}') from exc
-        raise WeightsFileError(
-            f'{what} {path} could not be read ({type(exc).__name__}: {text.splitlines()[0] if text else ""}). '
-            f'The file is truncated or corrupt: download or copy it again'
-            + (f' from {source}' if source else '') + '.') from exc
+        raise _corrupt_file_error(path, what, source, exc) from exc
+
+
+def load_weights_file(path: str | os.PathLike, *, what: str = 'weights file',
+                      source: str | None = None, where: str | None = None,
+                      map_location: str | torch.device = 'cpu') -> object:
+    """Read a weights file with clear errors, never running pickled code.
+
+    ``.safetensors`` files are read with safetensors; a folder is read with
+    :func:`load_sharded_state_dict` (Hugging Face layout); any other file with
+    ``torch.load(path, weights_only=True)``.
+
+    Args:
+        path: the file, a Hugging Face model folder, or ``toy://<name>`` for a checkpoint
+            shipped with the toy world.
+        what: what the file is, for messages ("LlamaGen GPT-XL checkpoint").
+        source: where a user gets it (a URL or a command), for the missing-file message.
+        where: where the config expects it, for the missing-file message.
+    """
+    from rankekit.toy.assets import resolve_weights_path
+    path = resolve_weights_path(path)  # toy://name -> packaged toy checkpoint (clear error)
+    if path.is_dir():
+        return load_sharded_state_dict(path, what=what, source=source,
+                                       map_location=map_location)
+    if not path.is_file():
+        raise WeightsFileError(_missing_file_message(path, what, source, where))
+    if path.suffix == '.safetensors':
+        return _load_safetensors(path, what, source, map_location)
+    return _load_torch_file(path, what, source, map_location)
+
+
+def load_sharded_state_dict(model_dir: str | os.PathLike, *, include: str | None = None,
+                            what: str = 'model folder', source: str | None = None,
+                            map_location: str | torch.device = 'cpu'
+                            ) -> 'OrderedDict[str, torch.Tensor]':
+    """The state_dict of a Hugging Face model folder, whole or sharded, weights only.
+
+    Looks, in this order, for ``model.safetensors.index.json`` (shards listed in its
+    ``weight_map``), ``model.safetensors``, ``pytorch_model.bin.index.json`` and
+    ``pytorch_model.bin``. Every shard the index names must be present.
+
+    Args:
+        model_dir: the folder (e.g. a local copy of ``deepseek-ai/Janus-Pro-1B``).
+        include: optional regular expression; only keys matching it are returned, and shards
+            holding none of them are not read (e.g. ``r'^gen_'`` for Janus's generation side).
+        what, source: for messages, as in :func:`load_weights_file`.
+    """
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise WeightsFileError(_missing_file_message(folder, what, source, None))
+    pattern = re.compile(include) if include else None
+    wanted = (lambda k: True) if pattern is None else (lambda k: bool(pattern.search(k)))
+    for index_name, single_name in _HF_LAYOUTS:
+        index_path, single_path = folder / index_name, folder / single_name
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())['weight_map']
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WeightsFileError(f'{what}: {index_path} is not a valid shard index (a JSON '
+                                       f'object with a "weight_map"): {exc}') from exc
+            shards: dict[str, list[str]] = {}
+            for key, shard in weight_map.items():
+                if wanted(key):
+                    shards.setdefault(shard, []).append(key)
+            absent = sorted(s for s in shards if not (folder / s).is_file())
+            if absent:
+                raise WeightsFileError(
+                    f'{what} {folder} is incomplete: {index_name} lists shard(s) {absent} that '
+                    f'are not in the folder; download them again'
+                    + (f' from {source}' if source else '') + '.')
+            state = OrderedDict()
+            for shard, keys in shards.items():
+                shard_path = folder / shard
+                if shard_path.suffix == '.safetensors':
+                    part = _load_safetensors(shard_path, what, source, map_location, keys)
+                else:
+                    part = extract_state_dict(
+                        _load_torch_file(shard_path, what, source, map_location),
+                        strip_prefixes=())
+                lost = [k for k in keys if k not in part]
+                if lost:
+                    raise WeightsFileError(f'{what}: shard {shard_path} lacks {len(lost)} keys '
+                                           f'that {index_name} places there (e.g. {lost[0]}); '
+                                           f'the folder mixes files of different versions')
+                state.update((k, part[k]) for k in keys)
+            return state
+        if single_path.is_file():
+            if single_path.suffix == '.safetensors':
+                return _load_safetensors(single_path, what, source, map_location, wanted)
+            state = extract_state_dict(
+                _load_torch_file(single_path, what, source, map_location), strip_prefixes=())
+            return OrderedDict((k, v) for k, v in state.items() if wanted(k))
+    present = sorted(p.name for p in folder.iterdir())[:12]
+    expected = ', '.join(name for layout in _HF_LAYOUTS for name in layout)
+    raise WeightsFileError(f'{what} {folder} holds no weights: expected one of {expected}; '
+                           f'found {present}' + (f'. It comes from {source}' if source else ''))
+
+
+def _strip_prefixes(name: str, prefixes: tuple[str, ...]) -> str:
+    # wrappers nest in any order ("_orig_mod.module.x"): strip until none is left
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def _ignore_pattern(ignore: str | Iterable[str] | None) -> re.Pattern | None:
+    """One compiled pattern from a regex or a list of regexes (any of them matches)."""
+    if ignore is None:
+        return None
+    patterns = [ignore] if isinstance(ignore, str) else list(ignore)
+    if not patterns:
+        return None
+    return re.compile('|'.join(f'(?:{p})' for p in patterns))
 
 
 def extract_state_dict(obj: object, key: str | None = None,
-                       strip_prefixes: tuple[str, ...] = _WRAPPER_PREFIXES) -> 'OrderedDict[str, torch.Tensor]':
+                       strip_prefixes: tuple[str, ...] = _WRAPPER_PREFIXES
+                       ) -> 'OrderedDict[str, torch.Tensor]':
     """Find the state_dict inside a loaded checkpoint and normalise its key names.
 
     Accepts a raw state_dict or one nested under ``model`` / ``module`` / ``state_dict`` / ``ema``
@@ -101,9 +250,10 @@ def extract_state_dict(obj: object, key: str | None = None,
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
             continue
-        for prefix in strip_prefixes:
-            while name.startswith(prefix):
-                name = name[len(prefix):]
+        name = _strip_prefixes(name, strip_prefixes)
+        if name in state:
+            raise WeightsFileError(f"checkpoint holds '{name}' twice once wrapper prefixes "
+                                   f'{strip_prefixes} are removed; pass the wanted entry as key=')
         state[name] = value
     if not state:
         raise WeightsFileError('no tensors found in the checkpoint (top-level keys: '
@@ -112,10 +262,13 @@ def extract_state_dict(obj: object, key: str | None = None,
 
 
 def state_dict_report(model: nn.Module, state: Mapping[str, torch.Tensor],
-                      ignore: str | None = None) -> dict[str, list]:
-    """Compare a state_dict with a model: missing / unexpected keys and shape mismatches."""
+                      ignore: str | Iterable[str] | None = None) -> dict[str, list]:
+    """Compare a state_dict with a model: missing / unexpected keys and shape mismatches.
+
+    ``ignore``: a regular expression, or a list of them, of keys left out of the comparison.
+    """
     own = model.state_dict()
-    pattern = re.compile(ignore) if ignore else None
+    pattern = _ignore_pattern(ignore)
 
     def keep(k):
         return pattern is None or not pattern.search(k)
@@ -123,7 +276,7 @@ def state_dict_report(model: nn.Module, state: Mapping[str, torch.Tensor],
     missing = [k for k in own if k not in state and keep(k)]
     unexpected = [k for k in state if k not in own and keep(k)]
     mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state
-                  if k in own and state[k].shape != own[k].shape]
+                  if k in own and keep(k) and state[k].shape != own[k].shape]
     return dict(missing=missing, unexpected=unexpected, mismatched=mismatched)
 
 
@@ -143,14 +296,20 @@ def _format_report(report: dict[str, list], limit: int = 8) -> str:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
-                       key: str | None = None, ignore: str | None = None,
+                       key: str | None = None, ignore: str | Iterable[str] | None = None,
                        what: str = 'weights file', source: str | None = None,
                        where: str | None = None) -> dict[str, list]:
     """Load a third-party weights file into ``model`` (weights only, strict by default).
 
     Args:
-        ignore: regular expression of keys to leave out of the comparison (e.g. KV-cache
-            buffers ``r'\\.kv_cache\\.'``); such keys in the file are dropped.
+        path: a weights file (torch pickle or ``.safetensors``), a Hugging Face model folder
+            (one file or shards with an index json), or ``toy://<name>``.
+        key: the entry holding the state_dict (default: the tensors at the top level, else
+            the first of ``model`` / ``module`` / ``state_dict`` / ``ema``).
+        ignore: regular expression, or list of them, of keys to leave out of the comparison
+            (e.g. :data:`LLAMAGEN_GPT_IGNORE` for the KV-cache buffers of a GPT checkpoint
+            saved after sampling); such keys in the file are dropped, such keys of the model
+            keep their current values.
         strict: when True, any missing/unexpected key or shape mismatch raises
             :class:`WeightsFileError` with a report naming them; when False only shape
             mismatches raise and the report is returned.
@@ -159,8 +318,8 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
     """
     raw = load_weights_file(path, what=what, source=source, where=where)
     state = extract_state_dict(raw, key=key)
-    if ignore:
-        pattern = re.compile(ignore)
+    pattern = _ignore_pattern(ignore)
+    if pattern is not None:
         state = OrderedDict((k, v) for k, v in state.items() if not pattern.search(k))
     report = state_dict_report(model, state, ignore=ignore)
     bad = report['mismatched'] or (strict and (report['missing'] or report['unexpected']))

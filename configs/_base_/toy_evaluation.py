@@ -1,0 +1,22 @@
+# The toy world's evaluation: FID (toy feature net, never trained against), toy CLIP score,
+# compositional accuracy (toy GenEval) and the latent covariate shift (LCS-KL, token entropy).
+# Real statistics are cached next to the package assets' work dir (recomputed when stale).
+val_evaluator = [
+    dict(type='FIDMetric',
+         feature_extractor=dict(type='ToyFeatureNet', width=32, feat_dim=64,
+                                pretrained='toy://feature_net.pt'),
+         real=dict(type='ToyShapes', split='test', num_samples=1000),
+         reference_cache='work_dirs/.cache/toy_fid_test1000.npz'),
+    dict(type='ClipScoreMetric', caption_prefix='',
+         clip=dict(type='ClipScore', model_name='rankekit-toy-clip', pretrained='toy://clip.pt')),
+    dict(type='CompositionalAccuracy',
+         feature_net=dict(type='ToyFeatureNet', width=32, feat_dim=64,
+                          pretrained='toy://feature_net.pt')),
+    dict(type='LCSMetric',
+         tokenizer=dict(type='VQModel', ch=32, num_res_blocks=1, encoder_ch_mult=[1, 1, 2],
+                        decoder_ch_mult=[1, 1, 2], z_channels=64, codebook_size=256,
+                        codebook_embed_dim=8, image_size=32, pretrained='toy://vq.pt'),
+         real=dict(type='ToyShapes', split='test', num_samples=1000),
+         reference_cache='work_dirs/.cache/toy_lcs_test1000.npz'),
+]
+val_cfg = dict(type='ValLoop')

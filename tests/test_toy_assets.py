@@ -1,0 +1,45 @@
+"""The shipped toy checkpoints: present, small, loading strictly into the toy architectures."""
+from pathlib import Path
+
+import pytest
+
+from rankekit.apis.config import load_config
+from rankekit.registry import FEATURE_EXTRACTORS, POLICIES, REWARDS, TEXT_ENCODERS, TOKENIZERS
+from rankekit.toy.assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
+from rankekit.utils.checkpoint import WeightsFileError, load_weights_file
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = load_config(str(REPO / 'configs/_base_/models/toy_backbone.py'))
+ASSETS = {
+    'vq.pt': (TOKENIZERS, 'toy_tokenizer'),
+    'policy.pt': (POLICIES, 'toy_policy'),
+    'text_encoder.pt': (TEXT_ENCODERS, 'toy_text_encoder'),
+    'feature_net.pt': (FEATURE_EXTRACTORS, 'toy_feature_net'),
+    'reward_classifier.pt': (FEATURE_EXTRACTORS, 'toy_reward_classifier'),
+    'clip.pt': (REWARDS, 'toy_clip'),
+}
+
+
+def test_assets_ship_within_budget():
+    files = {p.name: p.stat().st_size for p in ASSET_DIR.glob('*.pt')}
+    assert set(ASSETS) <= set(files), f'missing: {set(ASSETS) - set(files)}'
+    assert sum(files.values()) <= 25e6
+
+
+@pytest.mark.parametrize('name', sorted(ASSETS))
+def test_asset_loads_strictly_into_its_architecture(name):
+    registry, key = ASSETS[name]
+    cfg = dict(BACKBONE[key].to_dict(), pretrained=f'toy://{name}')
+    module = registry.build(cfg)  # strict: a wrong architecture raises a shape report
+    assert sum(p.numel() for p in module.parameters()) > 0
+
+
+def test_missing_asset_names_the_rebuild_command(tmp_path):
+    with pytest.raises(MissingToyAssetError, match='python tools/prepare_toy_assets.py'):
+        toy_asset_path('toy://nope.pt')
+    with pytest.raises(MissingToyAssetError, match='nope.pt'):
+        load_weights_file('toy://nope.pt')
+    truncated = tmp_path / 'truncated.pt'
+    truncated.write_bytes(toy_asset_path('vq.pt').read_bytes()[:1000])
+    with pytest.raises(WeightsFileError, match='truncated or corrupt'):
+        load_weights_file(truncated)
