@@ -51,3 +51,15 @@ def test_config_trains_two_iterations(path, tmp_path):
     assert runner.iter == 2
     assert (tmp_path / 'iter_2.pth').is_file()
     assert int(runner.model.skipped_nonfinite) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', sorted((REPO / 'configs' / 'pretrain').glob('*.py')),
+                         ids=lambda p: p.stem)
+def test_pretraining_config_trains_two_iterations(path, tmp_path):
+    args = parse_args([str(path), '--work-dir', str(tmp_path), '--cfg-options',
+                       'train_cfg.max_iters=2', 'train_dataloader.batch_size=4',
+                       'log_level=WARNING', 'custom_hooks=[]'])
+    runner = build_runner(setup_cfg(args))
+    runner.train()
+    assert runner.iter == 2 and (tmp_path / 'iter_2.pth').is_file()

@@ -20,3 +20,10 @@ val_evaluator = [
          reference_cache='work_dirs/.cache/toy_lcs_test1000.npz'),
 ]
 val_cfg = dict(type='ValLoop')
+# evaluation: captions (and attributes) of the val split; the model generates one image each
+val_dataloader = dict(
+    batch_size=50,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ToyShapes', split='val', num_samples=500))

@@ -1,7 +1,8 @@
 # RankE on the toy world (shipped toy checkpoints): GRPO + KL policy anchor, EMA decoder anchor,
 # G=8, both phases on every rollout (sync), as released.
 _base_ = ['../_base_/models/ranke_toy.py', '../_base_/datasets/toy_shapes.py',
-          '../_base_/schedules/ranke_toy.py', '../_base_/default_runtime.py']
+          '../_base_/schedules/ranke_toy.py', '../_base_/toy_evaluation.py',
+          '../_base_/default_runtime.py']
 model = dict(
     tokenizer=dict(pretrained='toy://vq.pt'),
     policy=dict(pretrained='toy://policy.pt'),
@@ -15,3 +16,5 @@ default_hooks = dict(
     checkpoint=dict(interval=100))
 custom_hooks = [dict(type='RichProgressHook',
                      keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
+# evaluate at the end of training (the table the main job prints)
+train_cfg = dict(val_interval=300)

@@ -12,11 +12,12 @@ from rankekit.registry import HOOKS
 
 @HOOKS.register_module()
 class TrainingSummaryHook(Hook):
-    """Print (and save as ``summary.json`` in the work dir) start vs end of the main metrics.
+    """Print (and save as ``summary.json`` in the work dir) how training went.
 
     For each logged scalar whose name starts with one of ``prefixes``, the mean over the first
-    and over the last ``window`` iterations of training, and the change. Evaluation metrics
-    (FID, CLIP score, LCS-KL) come from the validation pass, when the config has one.
+    and over the last ``window`` iterations of training, and the change; then the metrics of the
+    last validation pass (FID, CLIP score, compositional accuracy, LCS-KL), when the config has
+    one.
     """
 
     priority = 'LOWEST'
@@ -42,21 +43,36 @@ class TrainingSummaryHook(Hook):
             rows[name] = dict(start=start, end=end, change=end - start)
         return dict(sorted(rows.items()))
 
+    @staticmethod
+    def evaluation(runner) -> dict[str, float]:
+        """The latest validation metrics (``val/...`` in the message hub), if any ran."""
+        return {key[len('val/'):]: float(buffer.current())
+                for key, buffer in sorted(runner.message_hub.log_scalars.items())
+                if key.startswith('val/') and len(buffer.data[0])
+                and key not in ('val/time', 'val/data_time')}
+
     def after_train(self, runner) -> None:
         if not is_main_process():
             return
-        rows = self.summary(runner)
-        if not rows:
-            return
+        rows, evaluation = self.summary(runner), self.evaluation(runner)
         from rich.console import Console
         from rich.table import Table
-        table = Table(title=f'Training summary: mean of the first vs last {self.window} '
-                            f'iterations ({runner.iter} iterations)')
-        for column in ('metric', 'start', 'end', 'change'):
-            table.add_column(column, justify='left' if column == 'metric' else 'right')
-        for name, row in rows.items():
-            table.add_row(name, f'{row["start"]:.4g}', f'{row["end"]:.4g}',
-                          f'{row["change"]:+.4g}')
-        Console().print(table)
+        console = Console()
+        if rows:
+            table = Table(title=f'Training summary: mean of the first vs last {self.window} '
+                                f'iterations ({runner.iter} iterations)')
+            for column in ('metric', 'start', 'end', 'change'):
+                table.add_column(column, justify='left' if column == 'metric' else 'right')
+            for name, row in rows.items():
+                table.add_row(name, f'{row["start"]:.4g}', f'{row["end"]:.4g}',
+                              f'{row["change"]:+.4g}')
+            console.print(table)
+        if evaluation:
+            table = Table(title='Evaluation at the end of training (online policy, EMA decoder)')
+            table.add_column('metric')
+            table.add_column('value', justify='right')
+            for name, value in evaluation.items():
+                table.add_row(name, f'{value:.4g}')
+            console.print(table)
         with open(osp.join(runner.work_dir, 'summary.json'), 'w') as f:
-            json.dump(rows, f, indent=2)
+            json.dump(dict(train=rows, evaluation=evaluation), f, indent=2)

@@ -5,10 +5,3 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='ToyShapes', split='train', image_size=32, cache=True))
-# evaluation: captions (and attributes) of the val split; the model generates one image each
-val_dataloader = dict(
-    batch_size=50,
-    num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='default_collate'),
-    dataset=dict(type='ToyShapes', split='val', num_samples=500))
