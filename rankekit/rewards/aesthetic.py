@@ -18,7 +18,7 @@ from torch import nn
 
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
-from rankekit.rewards.clip_score import build_open_clip, clip_preprocess
+from rankekit.rewards.clip_score import build_open_clip, preprocess_like
 from rankekit.toy.clip_toy import TOY_CLIP_NAME
 from rankekit.utils.checkpoint import WeightsFileError, load_model_weights
 
@@ -105,10 +105,7 @@ class Aesthetic(BaseReward):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> the CLIP input (differentiable)."""
-        cfg = self.preprocess_cfg
-        return clip_preprocess(images, cfg['size'], cfg['mean'], cfg['std'],
-                               cfg.get('interpolation', 'bicubic'),
-                               cfg.get('resize_mode', 'shortest'), cfg.get('fill_color', 0))
+        return preprocess_like(images, self.preprocess_cfg)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised CLIP image embeddings (N, D) of images in [0, 1]."""

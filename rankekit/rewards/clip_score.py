@@ -190,6 +190,13 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
     return model, tokenizer
 
 
+def preprocess_like(images: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """:func:`clip_preprocess` with an open_clip ``preprocess_cfg`` dict (size, mean, std, ...)."""
+    return clip_preprocess(images, cfg['size'], cfg['mean'], cfg['std'],
+                           cfg.get('interpolation', 'bicubic'), cfg.get('resize_mode', 'shortest'),
+                           cfg.get('fill_color', 0))
+
+
 def clip_preprocess(images: torch.Tensor, size, mean: Sequence[float], std: Sequence[float],
                     interpolation: str = 'bicubic', resize_mode: str = 'shortest',
                     fill_color: int = 0) -> torch.Tensor:
@@ -285,10 +292,7 @@ class ClipScore(BaseReward):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> the model's normalised input (differentiable)."""
-        cfg = self.preprocess_cfg
-        return clip_preprocess(images, cfg['size'], cfg['mean'], cfg['std'],
-                               cfg.get('interpolation', 'bicubic'),
-                               cfg.get('resize_mode', 'shortest'), cfg.get('fill_color', 0))
+        return preprocess_like(images, self.preprocess_cfg)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 
 from rankekit.registry import MODELS
-from rankekit.rewards.clip_score import build_open_clip, clip_preprocess
+from rankekit.rewards.clip_score import build_open_clip, preprocess_like
 from rankekit.toy.clip_toy import TOY_CLIP_CFG, TOY_CLIP_NAME
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on the learned temperature
@@ -86,10 +86,7 @@ class ClipPretrainModel(BaseModel):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> normalised model input (the same as ClipScore's)."""
-        cfg = self.preprocess_cfg
-        return clip_preprocess(images, cfg['size'], cfg['mean'], cfg['std'],
-                               cfg.get('interpolation', 'bicubic'),
-                               cfg.get('resize_mode', 'shortest'), cfg.get('fill_color', 0))
+        return preprocess_like(images, self.preprocess_cfg)
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         missing = [c for c in dict.fromkeys(captions) if c not in self._token_cache]
