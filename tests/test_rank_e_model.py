@@ -172,3 +172,28 @@ def test_checkpoint_leaves_out_frozen_config_modules_and_reloads():
     for key, value in model.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, other.state_dict()[key]), key
+
+
+def test_reward_combiner_normalisations_by_hand():
+    from rankekit.rewards.combiner import RewardCombiner
+    from tiny_components import RednessReward
+    combiner = RewardCombiner([RednessReward(name='a'), RednessReward(name='b')],
+                              weights=[1.0, 0.5], normalize='group')
+    images = torch.zeros(4, 3, 2, 2)
+    images[:, 0] = torch.tensor([0.0, 0.2, 0.4, 1.0]).view(4, 1, 1)  # redness = 0, .2, .4, 1
+    combined, raw = combiner.score(images, ['p'] * 4, group_size=2)
+    # groups (0, .2) and (.4, 1): z = -1, +1 in each; combined = 1.5 * z
+    assert torch.allclose(combined, torch.tensor([-1.5, 1.5, -1.5, 1.5]), atol=1e-4)
+    assert torch.allclose(raw['a'], torch.tensor([0.0, 0.2, 0.4, 1.0]))
+    chosen = torch.tensor([1, 3])
+    stats = combiner.group_statistics(raw, 2, chosen)
+    images.requires_grad_(True)
+    score = combiner.differentiable_score(images[chosen], ['p', 'p'], stats)
+    assert torch.allclose(score, torch.tensor([1.5, 1.5]), atol=1e-4)
+    score.sum().backward()
+    assert images.grad[1].abs().sum() > 0 and images.grad[0].abs().sum() == 0
+    running = RewardCombiner([RednessReward(name='a')], normalize='running')
+    running.score(images.detach(), ['p'] * 4)
+    assert running.running_mean.item() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="reward normalize='zscore' is unknown"):
+        RewardCombiner([RednessReward()], normalize='zscore')

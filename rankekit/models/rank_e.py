@@ -490,9 +490,8 @@ class RankEModel(BaseModel):
             logs['decoder/rank_gan'] = rank_gan.detach()
         if cfg['reward_weight'] > 0:
             prompts = [ro['prompts'][i] for i in chosen.tolist()]
-            # the group normalisation of the combiner needs whole groups: use raw-scale rewards
-            score = self.rewards.differentiable_score(to_unit_range(images), prompts,
-                                                      group_size=1)
+            stats = self.rewards.group_statistics(ro['raw_rewards'], ro['group_size'], chosen)
+            score = self.rewards.differentiable_score(to_unit_range(images), prompts, stats)
             if score is None:
                 if not self._warned_reward_grad:
                     self.rewards.warn_non_differentiable()

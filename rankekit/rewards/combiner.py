@@ -115,10 +115,15 @@ class RewardCombiner(nn.Module):
         return combined, {name: raw[k] for k, name in enumerate(self.names)}
 
     def differentiable_score(self, images: Tensor, prompts: list[str],
-                             group_size: int = 1) -> Tensor | None:
+                             group_stats: dict[str, tuple[Tensor, Tensor]] | None = None
+                             ) -> Tensor | None:
         """Combined score of the differentiable rewards with a gradient to ``images``.
 
-        Returns None when no reward is differentiable (the caller drops the term and says so).
+        The normalisation is the same affine map as in :meth:`score`, with its statistics held
+        constant: running statistics, or for ``'group'`` the mean/std (per image, shape (n,)) of
+        the image's prompt group, given by name in ``group_stats`` (the images here are usually
+        a selection of rollouts, not whole groups). Returns None when no reward is
+        differentiable (the caller drops the term and says so).
         """
         which = [k for k, r in enumerate(self.rewards) if r.differentiable]
         if not which:
@@ -127,9 +132,27 @@ class RewardCombiner(nn.Module):
         if self.normalize == 'running':
             std = self.running_var[which].sqrt().clamp_min(self.eps)
             normalised = (raw - self.running_mean[which, None]) / std[:, None]
+        elif self.normalize == 'group':
+            if group_stats is None:
+                raise ValueError("reward_normalize='group' needs the rollout groups' statistics")
+            names = self.names
+            mean = torch.stack([group_stats[names[k]][0] for k in which]).to(raw)
+            std = torch.stack([group_stats[names[k]][1] for k in which]).to(raw)
+            normalised = (raw - mean) / (std + self.eps)
         else:
-            normalised = self._normalise(raw, group_size, update=False)
+            normalised = raw
         return self._combine(normalised, which)
+
+    @staticmethod
+    def group_statistics(raw: dict[str, Tensor], group_size: int,
+                         index: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per reward: the mean and std of each selected rollout's group, shape (len(index),)."""
+        stats = {}
+        for name, values in raw.items():
+            grouped = values.view(-1, group_size)
+            groups = index // group_size
+            stats[name] = (grouped.mean(-1)[groups], grouped.std(-1, unbiased=False)[groups])
+        return stats
 
     def warn_non_differentiable(self) -> list[str]:
         """Names of the rewards that cannot give a decoder gradient (warned about once)."""

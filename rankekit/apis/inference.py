@@ -1,0 +1,603 @@
+"""Inference with a trained (or untrained) RankE model: ``tools/test.py`` and ``tools/sample.py``.
+
+Library functions, also used by the monitor hooks:
+
+- :func:`load_model`: a config (+ a runner checkpoint, or none for the base model) -> RankEModel;
+- :func:`parse_combos`: ``'online:ema'`` -> ``('online', 'ema')`` (policy : decoder);
+- :func:`prompt_seeds`: the per-prompt sampling seeds (a prompt's image does not depend on the
+  batch it is drawn in, so sample.py, test.py and the grid hook agree);
+- :func:`generate_combos`: images of several policy x decoder combinations, sampling each policy
+  once and decoding its tokens with every requested decoder (identical tokens per policy);
+- :func:`evaluate_combos`: the config's ``val_evaluator`` metrics per combination and seed;
+- :func:`make_grid` / :func:`save_png`: image grids.
+
+Command lines: :func:`test_main` (``tools/test.py``) and :func:`sample_main`
+(``tools/sample.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from rankekit.apis.config import DictAction, default_work_dir, load_config
+
+CHOICES = ('online', 'ema', 'base')
+#: trained vs initial tokens x EMA vs initial decoder: ``online:base`` shows what better tokens
+#: alone give, ``base:ema`` what the co-evolved decoder alone gives
+DEFAULT_COMBOS = ('online:ema', 'online:base', 'base:ema', 'base:base')
+SAMPLING_KEYS = ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')
+#: prompt ``i`` under seed ``s`` is drawn with the RNG seed ``s * SEED_STRIDE + i``
+SEED_STRIDE = 1_000_000
+
+
+# ------------------------------------------------------------------------------------------------
+# combos, seeds, model loading
+# ------------------------------------------------------------------------------------------------
+def parse_combo(text: str) -> tuple[str, str]:
+    """``'online:ema'`` -> ``('online', 'ema')``: policy and decoder, each online | ema | base."""
+    parts = str(text).split(':')
+    if len(parts) != 2 or parts[0] not in CHOICES or parts[1] not in CHOICES:
+        raise ValueError(f"combo {text!r} is not POLICY:DECODER with each of {CHOICES} "
+                         f"(e.g. 'online:ema', 'online:base')")
+    return parts[0], parts[1]
+
+
+def parse_combos(texts: Iterable[str]) -> list[tuple[str, str]]:
+    """Parsed combos, duplicates dropped, order kept."""
+    combos = []
+    for text in texts:
+        combo = parse_combo(text)
+        if combo not in combos:
+            combos.append(combo)
+    if not combos:
+        raise ValueError('no combo given; e.g. --combos online:ema online:base')
+    return combos
+
+
+def combo_name(combo: Sequence[str]) -> str:
+    return f'{combo[0]}:{combo[1]}'
+
+
+def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Sampling seeds of prompts ``start .. start + count - 1`` under run seed ``seed``."""
+    if not 0 <= start < SEED_STRIDE:
+        raise ValueError(f'prompt index {start} out of range [0, {SEED_STRIDE})')
+    return [int(seed) * SEED_STRIDE + start + i for i in range(count)]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a work dir (its ``last_checkpoint``, else its newest ``iter_N.pth``)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        pointer = path / 'last_checkpoint'
+        if pointer.is_file():
+            target = Path(pointer.read_text().strip())
+            target = target if target.is_absolute() else path / target
+            if target.is_file():
+                return target
+        numbered = sorted(path.glob('iter_*.pth'),
+                          key=lambda p: int(re.sub(r'\D', '', p.stem) or 0))
+        if numbered:
+            return numbered[-1]
+        raise FileNotFoundError(f'work dir {path} holds no checkpoint (no last_checkpoint, no '
+                                f'iter_N.pth); train first or give the checkpoint file')
+    raise FileNotFoundError(f'checkpoint {path} does not exist (give an iter_N.pth file or a work '
+                            f'dir)')
+
+
+def load_runner_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Load a runner checkpoint's ``state_dict`` into ``model`` (strict); returns its ``meta``.
+
+    Runner checkpoints are files this toolkit wrote (see :mod:`rankekit.utils.checkpoint`); the
+    frozen modules they leave out (text encoder, rewards, perceptual net) keep the weights the
+    config gave them.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from rankekit.utils.checkpoint import (WeightsFileError, extract_state_dict,
+                                           register_runner_checkpoint_loader, state_dict_report)
+    register_runner_checkpoint_loader()
+    path = resolve_checkpoint(path)
+    checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint)
+        raise WeightsFileError(f"{path} is not a runner checkpoint (no 'state_dict'; has {keys}); "
+                               f'give an iter_N.pth written by tools/train.py')
+    state = extract_state_dict(checkpoint['state_dict'], key=None)
+    report = state_dict_report(model, state)
+    problems = [f'{len(report[k])} {k} keys (e.g. {report[k][0]})'
+                for k in ('missing', 'unexpected', 'mismatched') if report[k]]
+    if problems:
+        raise WeightsFileError(f'checkpoint {path} does not fit the model of this config (trained '
+                               f'with another config?): {"; ".join(problems)}')
+    model.load_state_dict(state, strict=True)
+    meta = dict(checkpoint.get('meta') or {})
+    return dict(path=str(path), iter=meta.get('iter'), epoch=meta.get('epoch'))
+
+
+def load_model(config, checkpoint: str | os.PathLike | None = None,
+               cfg_options: dict | None = None, device: str | torch.device = 'cpu'):
+    """Build the model of ``config`` (a path or a Config) and load a runner checkpoint into it.
+
+    ``checkpoint=None`` keeps the config's initial weights: the base model. Returns
+    ``(model in eval mode on device, cfg, checkpoint info dict or None)``.
+    """
+    from rankekit.registry import MODELS
+    cfg = load_config(str(config), cfg_options) if isinstance(config, (str, Path)) else config
+    if 'model' not in cfg:
+        raise KeyError(f'config {getattr(cfg, "filename", config)} has no model')
+    model = MODELS.build(cfg.model)
+    if not (hasattr(model, 'generate') and hasattr(model, 'decode')):
+        raise TypeError(f'the config builds a {type(model).__name__}, which cannot generate '
+                        f'(no generate/decode); these tools evaluate RankEModel configs')
+    info = load_runner_checkpoint(model, checkpoint) if checkpoint is not None else None
+    return model.to(device).eval(), cfg, info
+
+
+def check_combos(model, combos: Sequence[tuple[str, str]]) -> None:
+    """Fail early for a combo the model cannot run (an EMA policy that is not kept)."""
+    if getattr(model, 'policy_ema', True) is None and any(p == 'ema' for p, _ in combos):
+        raise ValueError('this model keeps no policy EMA (model.policy_cfg.ema_decay=None): drop '
+                         'the ema:* combos')
+
+
+def sampling_settings(model, overrides: dict | None = None) -> dict:
+    """The model's rollout sampling settings with ``overrides`` (``None`` values ignored)."""
+    settings = {k: model.rollout_cfg[k] for k in SAMPLING_KEYS}
+    for key, value in (overrides or {}).items():
+        if key not in SAMPLING_KEYS:
+            raise KeyError(f'unknown sampling setting {key!r}; use {SAMPLING_KEYS}')
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Run with every submodule in eval mode; restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+# ------------------------------------------------------------------------------------------------
+# generation
+# ------------------------------------------------------------------------------------------------
+def _batches(count: int, batch_size: int):
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    for start in range(0, count, batch_size):
+        yield start, min(start + batch_size, count)
+
+
+@torch.no_grad()
+def sample_tokens(model, prompts: Sequence[str], policy: str = 'online', seed: int = 0,
+                  batch_size: int = 64, sampling: dict | None = None, decoder: str = 'ema',
+                  start: int = 0, on_batch: Callable[[int], None] | None = None) -> dict:
+    """Tokens (N, L) and images (N, 3, H, W) in [0, 1] (``decoder``) for ``prompts``.
+
+    Prompt ``i`` is drawn with seed ``prompt_seeds(seed, start + i)``: the same image for the
+    same prompt index whatever the batch size. ``on_batch(n)`` is called after each batch.
+    """
+    tokens, images = [], []
+    settings = sampling_settings(model, sampling)
+    with eval_mode(model):
+        for lo, hi in _batches(len(prompts), batch_size):
+            out = model.generate(list(prompts[lo:hi]), policy=policy, decoder=decoder,
+                                 seeds=prompt_seeds(seed, start + lo, hi - lo), **settings)
+            tokens.append(out['tokens'])
+            images.append(out['images'])
+            if on_batch is not None:
+                on_batch(hi - lo)
+    return dict(tokens=torch.cat(tokens), images=torch.cat(images))
+
+
+@torch.no_grad()
+def decode_tokens(model, tokens: torch.Tensor, decoder: str, batch_size: int = 64) -> torch.Tensor:
+    """Tokens (N, L) -> images (N, 3, H, W) in [0, 1] with the online | ema | base decoder."""
+    from rankekit.models.rank_e import to_unit_range
+    with eval_mode(model):
+        return torch.cat([to_unit_range(model.decode(tokens[lo:hi], decoder))
+                          for lo, hi in _batches(len(tokens), batch_size)])
+
+
+def generate_combos(model, prompts: Sequence[str], combos: Sequence[tuple[str, str]],
+                    seed: int = 0, batch_size: int = 64, sampling: dict | None = None) -> dict:
+    """``{(policy, decoder): dict(tokens, images)}``; each policy samples once, so the combos
+    sharing a policy show the same tokens through different decoders."""
+    check_combos(model, combos)
+    out = {}
+    for policy in dict.fromkeys(p for p, _ in combos):
+        decoders = [d for p, d in combos if p == policy]
+        first = sample_tokens(model, prompts, policy, seed, batch_size, sampling, decoders[0])
+        out[(policy, decoders[0])] = first
+        for decoder in decoders[1:]:
+            out[(policy, decoder)] = dict(
+                tokens=first['tokens'],
+                images=decode_tokens(model, first['tokens'], decoder, batch_size))
+    return {combo: out[combo] for combo in combos}
+
+
+# ------------------------------------------------------------------------------------------------
+# grids and PNGs
+# ------------------------------------------------------------------------------------------------
+def auto_scale(side: int, min_side: int = 64) -> int:
+    """Smallest integer upscaling that makes a ``side``-pixel image at least ``min_side`` wide."""
+    return max(1, math.ceil(min_side / max(int(side), 1)))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8 (rounded, clipped)."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f'images must be (N, 3, H, W), got shape {tuple(images.shape)}')
+    array = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return array.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, scale: int = 1,
+              pad_value: int = 255) -> np.ndarray:
+    """A (H, W, 3) uint8 grid of (N, 3, h, w) images in [0, 1], ``nrow`` per row, each upscaled
+    ``scale`` times (nearest neighbour, so pixels stay visible), ``padding`` pixels apart."""
+    tiles = to_uint8(images)
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, _ = tiles.shape
+    if n == 0:
+        raise ValueError('make_grid got no images')
+    cols = max(1, min(int(nrow), n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * h + (rows + 1) * padding, cols * w + (cols + 1) * padding, 3),
+                   pad_value, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        grid[top:top + h, left:left + w] = tile
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an (H, W, 3) uint8 array as a PNG (parent folders are created)."""
+    from PIL import Image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    return path
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """A file-name-safe version of a prompt."""
+    return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:limit] or 'prompt'
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------------
+def metric_configs(evaluator_cfg) -> list:
+    """The metric configs of a ``val_evaluator`` (a list, one metric, or an Evaluator dict)."""
+    if evaluator_cfg is None:
+        raise KeyError('the config has no val_evaluator: nothing to compute (add metrics, see '
+                       'configs/_base_/toy_evaluation.py)')
+    if isinstance(evaluator_cfg, dict) and 'metrics' in evaluator_cfg:
+        evaluator_cfg = evaluator_cfg['metrics']
+    metrics = list(evaluator_cfg) if isinstance(evaluator_cfg, (list, tuple)) else [evaluator_cfg]
+    if not metrics:
+        raise ValueError('val_evaluator lists no metrics')
+    return metrics
+
+
+def build_evaluator(evaluator_cfg):
+    """An mmengine ``Evaluator`` of the rankekit metrics of ``evaluator_cfg``."""
+    from mmengine.evaluator import Evaluator
+
+    from rankekit.registry import METRICS
+    built = [m if not isinstance(m, dict) else METRICS.build(dict(m))
+             for m in metric_configs(evaluator_cfg)]
+    return Evaluator(built)
+
+
+def prompt_dataset(cfg, prompt_file: str | None = None):
+    """Items with ``caption`` (and, for ToyShapes/ToyPrompts, ``attributes``) to evaluate on:
+    a prompt file, else the dataset of the config's ``val_dataloader``."""
+    from rankekit.registry import DATASETS
+    if prompt_file is not None:
+        return DATASETS.build(dict(type='PromptList', file=str(prompt_file)))
+    loader = cfg.get('val_dataloader')
+    if not loader or 'dataset' not in loader:
+        raise KeyError('the config has no val_dataloader.dataset to take prompts from; give '
+                       '--prompt-file (one prompt per line)')
+    return DATASETS.build(dict(loader['dataset']))
+
+
+def _collate(items: list[dict]) -> dict:
+    from mmengine.dataset import default_collate
+    # generated images replace the dataset's own: leave them out of the batch
+    return default_collate([{k: v for k, v in item.items() if k != 'image'} for item in items])
+
+
+def evaluate_combos(model, evaluator_cfg, dataset, combos: Sequence[tuple[str, str]],
+                    seeds: Sequence[int] = (0,), num: int | None = None, batch_size: int = 50,
+                    sampling: dict | None = None, grid_num: int = 16,
+                    progress: bool = True) -> dict:
+    """Metrics of the first ``num`` items of ``dataset`` for every combo and seed.
+
+    For each seed and policy the tokens of all prompts are sampled once (kept; small), then each
+    of the policy's decoders renders them batch by batch into the evaluator (images are never all
+    held at once). Returns ``{combo_name: dict(policy, decoder, per_seed={seed: metrics}, mean,
+    std, grid=images of the first grid_num prompts under the first seed)}``.
+    """
+    from rankekit.analysis.stats import aggregate
+    check_combos(model, combos)
+    num = len(dataset) if num is None else int(num)
+    if not 1 <= num <= len(dataset):
+        raise ValueError(f'--num {num}: the prompt set has {len(dataset)} prompts; use 1..'
+                         f'{len(dataset)} (or a larger dataset / prompt file)')
+    items = [dataset[i] for i in range(num)]
+    batches = [_collate(items[lo:hi]) for lo, hi in _batches(num, batch_size)]
+    prompts = [str(p) for batch in batches for p in batch['caption']]
+    evaluator = build_evaluator(evaluator_cfg)
+    policies = list(dict.fromkeys(p for p, _ in combos))
+    results = {combo_name(c): dict(policy=c[0], decoder=c[1], per_seed={}) for c in combos}
+
+    bar = _Progress(progress, total=len(seeds) * (len(policies) + len(combos)) * num)
+    with bar:
+        for seed in seeds:
+            for policy in policies:
+                bar.describe(f'seed {seed}: sampling {policy} policy')
+                tokens = sample_tokens(model, prompts, policy, seed, batch_size, sampling,
+                                       on_batch=bar.advance)['tokens']
+                for decoder in (d for p, d in combos if p == policy):
+                    name = combo_name((policy, decoder))
+                    bar.describe(f'seed {seed}: {name} decode + metrics')
+                    grid = []
+                    for (lo, hi), batch in zip(_batches(num, batch_size), batches):
+                        images = decode_tokens(model, tokens[lo:hi], decoder, batch_size)
+                        samples = [dict(caption=c, tokens=t, image=img) for c, t, img in
+                                   zip(prompts[lo:hi], tokens[lo:hi], images)]
+                        evaluator.process(samples, batch)
+                        if seed == seeds[0] and lo < grid_num:
+                            grid.append(images[:grid_num - lo])
+                        bar.advance(hi - lo)
+                    metrics = {k: float(v) for k, v in evaluator.evaluate(num).items()}
+                    results[name]['per_seed'][int(seed)] = metrics
+                    if grid:
+                        results[name]['grid'] = torch.cat(grid)
+    for result in results.values():
+        result['mean'], result['std'] = aggregate(list(result['per_seed'].values()))
+    return results
+
+
+class _Progress:
+    """A rich progress bar (or nothing) with ``advance``/``describe``."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = Progress(TextColumn('{task.description}'), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn('eta'),
+                                TimeRemainingColumn())
+            self.task = self.bar.add_task('', total=total)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=text)
+
+
+def results_table(results: dict, title: str = ''):
+    """A rich Table: one row per metric, one column per combo (mean ± std over seeds)."""
+    from rich.table import Table
+
+    from rankekit.analysis.stats import format_mean_std
+    names = list(dict.fromkeys(k for r in results.values() for k in r['mean']))
+    table = Table(title=title or None)
+    table.add_column('metric', style='bold')
+    for combo in results:
+        table.add_column(combo, justify='right')
+    for name in names:
+        table.add_row(name, *[format_mean_std(r['mean'].get(name), r['std'].get(name))
+                              for r in results.values()])
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# command lines
+# ------------------------------------------------------------------------------------------------
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('sampling (default: the model\'s rollout settings)')
+    group.add_argument('--cfg-scale', type=float, help='classifier-free guidance scale')
+    group.add_argument('--temperature', type=float, help='sampling temperature')
+    group.add_argument('--top-k', type=int, help='keep the k most likely tokens (0: all)')
+    group.add_argument('--top-p', type=float, help='nucleus sampling threshold (1: off)')
+
+
+def _sampling_overrides(args) -> dict:
+    return dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p)
+
+
+def _default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def parse_test_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='tools/test.py',
+        description='Evaluate a trained RankE checkpoint (or, with --base, the untrained base '
+        "model) with the config's val_evaluator metrics, for several policy x decoder combos "
+        'and seeds. Writes metrics.json and one image grid per combo.')
+    parser.add_argument('config', help='the config the checkpoint was trained with')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='a runner checkpoint (iter_N.pth) or a work dir (its last one)')
+    parser.add_argument('--base', action='store_true',
+                        help="evaluate the config's initial model (no checkpoint)")
+    parser.add_argument('--combos', nargs='+', metavar='POLICY:DECODER',
+                        help=f'combos of online | ema | base (default: {" ".join(DEFAULT_COMBOS)}; '
+                        'with --base: base:base)')
+    parser.add_argument('--num', type=int, help='number of prompts (default: all of the '
+                        "val_dataloader dataset or prompt file)")
+    parser.add_argument('--prompt-file', help='.txt (one prompt per line) or .jsonl prompts '
+                        "instead of the config's val_dataloader dataset")
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0],
+                        help='sampling seeds; several give mean ± std (default: 0)')
+    parser.add_argument('--batch-size', type=int,
+                        help='prompts per batch (default: val_dataloader.batch_size or 50)')
+    parser.add_argument('--out-dir', help='output folder (default: <checkpoint dir>/test_<ckpt '
+                        'name>, or work_dirs/<config name>/test_base with --base)')
+    parser.add_argument('--grid-num', type=int, default=16, help='prompts in each grid')
+    parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda if present)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. val_dataloader.dataset.num_samples=100')
+    _add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (not args.base):
+        parser.error('give a CHECKPOINT, or --base to evaluate the untrained model (not both)')
+    return args
+
+
+def _grid_file(combo: str) -> str:
+    return f'grid_{combo.replace(":", "-")}.png'
+
+
+def run_test(args: argparse.Namespace) -> dict:
+    """Everything ``tools/test.py`` does; returns the written metrics dict."""
+    started = time.time()
+    device = args.device or _default_device()
+    model, cfg, info = load_model(args.config, args.checkpoint, args.cfg_options, device)
+    combos = parse_combos(args.combos or (['base:base'] if args.base else DEFAULT_COMBOS))
+    dataset = prompt_dataset(cfg, args.prompt_file)
+    batch_size = args.batch_size or int((cfg.get('val_dataloader') or {}).get('batch_size', 50))
+    sampling = sampling_settings(model, _sampling_overrides(args))
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+    elif info is not None:
+        out_dir = Path(info['path']).parent / f'test_{Path(info["path"]).stem}'
+    else:
+        out_dir = Path(default_work_dir(args.config)) / 'test_base'
+    results = evaluate_combos(model, cfg.get('val_evaluator'), dataset, combos, args.seeds,
+                              args.num, batch_size, sampling, args.grid_num,
+                              progress=not args.no_progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for combo, result in results.items():
+        grid = result.pop('grid', None)
+        if grid is not None:
+            scale = auto_scale(grid.shape[-1])
+            save_png(make_grid(grid, nrow=int(math.ceil(math.sqrt(len(grid)))), scale=scale),
+                     out_dir / _grid_file(combo))
+            result['grid'] = _grid_file(combo)
+        result['per_seed'] = {str(k): v for k, v in result['per_seed'].items()}
+    record = dict(config=str(args.config), checkpoint=info['path'] if info else None,
+                  checkpoint_iter=info['iter'] if info else 0, base=bool(args.base),
+                  prompts=args.prompt_file or 'val_dataloader.dataset',
+                  num_prompts=args.num or len(dataset), seeds=list(args.seeds),
+                  sampling=sampling, std='sample std over seeds (n - 1); null for one seed',
+                  results=results, wall_time_s=round(time.time() - started, 2))
+    with open(out_dir / 'metrics.json', 'w') as f:
+        json.dump(record, f, indent=2)
+    from rich.console import Console
+    console = Console()
+    what = 'base model' if args.base else f'{info["path"]} (iter {info["iter"]})'
+    console.print(results_table(results, title=f'{what}: {record["num_prompts"]} prompts, '
+                                f'seeds {list(args.seeds)}'))
+    console.print(f'metrics: {out_dir / "metrics.json"}; grids: {out_dir}/grid_*.png',
+                  highlight=False)
+    return record
+
+
+def test_main(argv=None) -> int:
+    run_test(parse_test_args(argv))
+    return 0
+
+
+def parse_sample_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='tools/sample.py',
+        description='Generate images for prompts with any policy x decoder combination; writes '
+        'one PNG per prompt and a grid.')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', nargs='?', help='a runner checkpoint or work dir '
+                        '(default: none, the untrained base model of the config)')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--prompts', nargs='+', help='prompts, e.g. "a red circle on the left"')
+    source.add_argument('--prompt-file', help='.txt (one per line) or .jsonl prompts')
+    parser.add_argument('--policy', choices=CHOICES, default='online',
+                        help='online (trained), ema or base (initial) policy')
+    parser.add_argument('--decoder', choices=CHOICES, default='ema',
+                        help='online, ema or base (initial) decoder')
+    parser.add_argument('--seed', type=int, default=0, help='sampling seed (prompt i uses seed '
+                        f'* {SEED_STRIDE} + i, as tools/test.py)')
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--out-dir', default='samples', help='output folder (default: samples)')
+    parser.add_argument('--scale', type=int, help='upscale PNGs by this factor (nearest; '
+                        'default: 1 for files, up to 64 px tiles in the grid)')
+    parser.add_argument('--nrow', type=int, default=8, help='images per grid row')
+    parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda if present)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    _add_sampling_args(parser)
+    return parser.parse_args(argv)
+
+
+def run_sample(args: argparse.Namespace) -> list[Path]:
+    """Everything ``tools/sample.py`` does; returns the written PNG paths (grid last)."""
+    from rankekit.datasets.prompts import read_prompt_file
+    prompts = list(args.prompts) if args.prompts else read_prompt_file(args.prompt_file)
+    bad = [i for i, p in enumerate(prompts) if not p.strip()]
+    if bad:
+        raise ValueError(f'--prompts has empty prompts at positions {bad}')
+    model, _, info = load_model(args.config, args.checkpoint, args.cfg_options,
+                                args.device or _default_device())
+    check_combos(model, [(args.policy, args.decoder)])
+    out = sample_tokens(model, prompts, args.policy, args.seed, args.batch_size,
+                        _sampling_overrides(args), args.decoder)
+    out_dir = Path(args.out_dir)
+    paths = []
+    for i, (prompt, image) in enumerate(zip(prompts, out['images'])):
+        tile = make_grid(image[None], nrow=1, padding=0, scale=args.scale or 1)
+        paths.append(save_png(tile, out_dir / f'{i:03d}_{slug(prompt)}.png'))
+    scale = args.scale or auto_scale(out['images'].shape[-1])
+    paths.append(save_png(make_grid(out['images'], nrow=args.nrow, scale=scale),
+                          out_dir / 'grid.png'))
+    with open(out_dir / 'prompts.json', 'w') as f:
+        json.dump(dict(policy=args.policy, decoder=args.decoder, seed=args.seed,
+                       checkpoint=info['path'] if info else None,
+                       files=[dict(file=p.name, prompt=t) for p, t in zip(paths, prompts)]),
+                  f, indent=2)
+    print(f'wrote {len(prompts)} images and grid.png to {out_dir}')
+    return paths
+
+
+def sample_main(argv=None) -> int:
+    run_sample(parse_sample_args(argv))
+    return 0
