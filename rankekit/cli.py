@@ -128,6 +128,22 @@ def train(ctx: typer.Context,
     raise typer.Exit(code=main([config, *ctx.args]) or 0)
 
 
+@app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))
+def test(ctx: typer.Context,
+         config: str = typer.Argument(..., help='Config file of the run to evaluate')):
+    """Evaluate a checkpoint for policy x decoder combos and seeds (see tools/test.py -h)."""
+    from rankekit.apis.inference import evaluate_main
+    raise typer.Exit(code=evaluate_main([config, *ctx.args]) or 0)
+
+
+@app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))
+def sample(ctx: typer.Context,
+           config: str = typer.Argument(..., help='Config file of the model to sample')):
+    """Sample images for prompts with any policy x decoder combo (see tools/sample.py -h)."""
+    from rankekit.apis.inference import sample_main
+    raise typer.Exit(code=sample_main([config, *ctx.args]) or 0)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -93,7 +93,8 @@ def test_info_unknown_name_suggests_close_match():
 
 
 def test_help_texts():
-    for args in (['--help'], ['list', '--help'], ['info', '--help'], ['train', '--help']):
+    for args in (['--help'], ['list', '--help'], ['info', '--help'], ['train', '--help'],
+                 ['test', '--help'], ['sample', '--help']):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert 'Usage' in result.output

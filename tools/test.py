@@ -8,7 +8,7 @@ model), ``--num`` prompts of the config's val dataset or a ``--prompt-file``, me
 """
 import sys
 
-from rankekit.apis.inference import test_main
+from rankekit.apis.inference import evaluate_main
 
 if __name__ == '__main__':
-    sys.exit(test_main())
+    sys.exit(evaluate_main())

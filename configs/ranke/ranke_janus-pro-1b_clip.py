@@ -44,7 +44,7 @@ paper_eval = dict(
     coco=dict(captions=f'{data_root}/annotations/captions_val2014.json',
               real_folder=f'{data_root}/val2014',
               clip=dict(pretrained=f'{weights_root}/open_clip_ViT-B-32_openai.bin')),
-    hpsv2=dict(prompts_dir=f'{eval_root}/hpsv2_benchmark',
+    hpsv2=dict(prompts_dir=f'{eval_root}/hpdv2/benchmark',
                reward=dict(pretrained=f'{weights_root}/HPS_v2.1_compressed.pt')),
     geneval=dict(metadata=f'{eval_root}/geneval/prompts/evaluation_metadata.jsonl',
                  repo=f'{eval_root}/geneval', detector=f'{weights_root}/geneval_detector'))

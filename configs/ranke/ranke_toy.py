@@ -14,7 +14,12 @@ default_hooks = dict(
                      tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
     summary=dict(type='TrainingSummaryHook'),
     checkpoint=dict(interval=100))
-custom_hooks = [dict(type='RichProgressHook',
-                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
+custom_hooks = [
+    dict(type='RichProgressHook',
+         keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor']),
+    # latent covariate shift (LCS-KL, token entropy) and an image grid of fixed prompts
+    dict(type='CovariateShiftMonitorHook', interval=50, num_prompts=64, num_real=128,
+         real=dict(type='ToyShapes', split='test', num_samples=128)),
+    dict(type='ImageGridHook', interval=100, num_prompts=8, combos=['online:ema', 'online:base'])]
 # evaluate at the end of training (the table the main job prints)
 train_cfg = dict(val_interval=300)

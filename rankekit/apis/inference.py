@@ -11,7 +11,7 @@ Library functions, also used by the monitor hooks:
 - :func:`evaluate_combos`: the config's ``val_evaluator`` metrics per combination and seed;
 - :func:`make_grid` / :func:`save_png`: image grids.
 
-Command lines: :func:`test_main` (``tools/test.py``) and :func:`sample_main`
+Command lines: :func:`evaluate_main` (``tools/test.py``) and :func:`sample_main`
 (``tools/sample.py``).
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import os.path as osp
 import re
 import time
 from contextlib import contextmanager
@@ -66,18 +65,20 @@ def parse_combos(texts: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def combo_name(combo: Sequence[str]) -> str:
+    """``('online', 'ema')`` -> ``'online:ema'``."""
     return f'{combo[0]}:{combo[1]}'
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
     """Sampling seeds of prompts ``start .. start + count - 1`` under run seed ``seed``."""
-    if not 0 <= start < SEED_STRIDE:
-        raise ValueError(f'prompt index {start} out of range [0, {SEED_STRIDE})')
+    if start < 0 or start + count > SEED_STRIDE:
+        raise ValueError(f'prompt indices {start}..{start + count - 1} out of range [0, '
+                         f'{SEED_STRIDE}): at most {SEED_STRIDE} prompts per seed')
     return [int(seed) * SEED_STRIDE + start + i for i in range(count)]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a work dir (its ``last_checkpoint``, else its newest ``iter_N.pth``)."""
+    """A checkpoint file, or a work dir: its ``last_checkpoint``, else its newest ``iter_N.pth``."""
     path = Path(path).expanduser()
     if path.is_file():
         return path
@@ -99,11 +100,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_runner_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> dict:
-    """Load a runner checkpoint's ``state_dict`` into ``model`` (strict); returns its ``meta``.
+    """Load a runner checkpoint's ``state_dict`` into ``model`` (strict).
 
-    Runner checkpoints are files this toolkit wrote (see :mod:`rankekit.utils.checkpoint`); the
-    frozen modules they leave out (text encoder, rewards, perceptual net) keep the weights the
-    config gave them.
+    Returns ``dict(path, iter, epoch)`` of the checkpoint actually read. Runner checkpoints are
+    files this toolkit wrote (see :mod:`rankekit.utils.checkpoint`); the frozen modules they
+    leave out (text encoder, rewards, perceptual net) keep the weights the config gave them.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -139,6 +140,10 @@ def load_model(config, checkpoint: str | os.PathLike | None = None,
     cfg = load_config(str(config), cfg_options) if isinstance(config, (str, Path)) else config
     if 'model' not in cfg:
         raise KeyError(f'config {getattr(cfg, "filename", config)} has no model')
+    seed = (cfg.get('randomness') or {}).get('seed')
+    if seed is not None:  # as the Runner does: a randomly initialised part starts as in training
+        from mmengine.runner import set_random_seed
+        set_random_seed(int(seed))
     model = MODELS.build(cfg.model)
     if not (hasattr(model, 'generate') and hasattr(model, 'decode')):
         raise TypeError(f'the config builds a {type(model).__name__}, which cannot generate '
@@ -325,10 +330,18 @@ def prompt_dataset(cfg, prompt_file: str | None = None):
     return DATASETS.build(dict(loader['dataset']))
 
 
+def _item(dataset, index: int) -> dict:
+    item = dataset[index]
+    if not isinstance(item, dict) or not isinstance(item.get('caption'), str):
+        raise ValueError(f"prompt dataset item {index} has no 'caption' string (got "
+                         f'{type(item).__name__}); evaluation needs items like '
+                         f"dict(caption='a red circle')")
+    return item
+
+
 def _collate(items: list[dict]) -> dict:
     from mmengine.dataset import default_collate
-    # generated images replace the dataset's own: leave them out of the batch
-    return default_collate([{k: v for k, v in item.items() if k != 'image'} for item in items])
+    return default_collate(items)
 
 
 def evaluate_combos(model, evaluator_cfg, dataset, combos: Sequence[tuple[str, str]],
@@ -348,7 +361,8 @@ def evaluate_combos(model, evaluator_cfg, dataset, combos: Sequence[tuple[str, s
     if not 1 <= num <= len(dataset):
         raise ValueError(f'--num {num}: the prompt set has {len(dataset)} prompts; use 1..'
                          f'{len(dataset)} (or a larger dataset / prompt file)')
-    items = [dataset[i] for i in range(num)]
+    # the dataset's own images are not needed (generated images replace them): not kept
+    items = [{k: v for k, v in _item(dataset, i).items() if k != 'image'} for i in range(num)]
     batches = [_collate(items[lo:hi]) for lo, hi in _batches(num, batch_size)]
     prompts = [str(p) for batch in batches for p in batch['caption']]
     evaluator = build_evaluator(evaluator_cfg)
@@ -421,7 +435,7 @@ def results_table(results: dict, title: str = ''):
     from rankekit.analysis.stats import format_mean_std
     names = list(dict.fromkeys(k for r in results.values() for k in r['mean']))
     table = Table(title=title or None)
-    table.add_column('metric', style='bold')
+    table.add_column('metric', style='bold', no_wrap=True)
     for combo in results:
         table.add_column(combo, justify='right')
     for name in names:
@@ -535,7 +549,7 @@ def run_test(args: argparse.Namespace) -> dict:
     return record
 
 
-def test_main(argv=None) -> int:
+def evaluate_main(argv=None) -> int:
     run_test(parse_test_args(argv))
     return 0
 

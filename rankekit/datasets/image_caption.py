@@ -47,7 +47,8 @@ class CorruptSampleError(RuntimeError):
 
     def __init__(self, path: str, why: str):
         super().__init__(f'corrupt sample {path}: {why}. Remove or replace the file, or build '
-                         f"the dataset with on_corrupt='skip' to skip such samples (with a warning)")
+                         f"the dataset with on_corrupt='skip' to skip such samples (with a "
+                         f'warning)')
         self.path, self.why = path, why
 
 
@@ -116,7 +117,8 @@ class _CaptionDataset(BaseDataset):
         """Apply the pipeline; a failing loader step becomes a :class:`CorruptSampleError`."""
         for transform in self.pipeline.transforms:
             if _is_loader(transform):
-                if not osp.isfile(results['img_path']):
+                local = getattr(transform, 'backend_args', None) is None  # not s3/http/...
+                if local and not osp.isfile(results['img_path']):
                     raise CorruptSampleError(path, 'the image file does not exist')
                 try:
                     results = transform(results)
@@ -164,9 +166,9 @@ def _read_jsonl(path: str, file_key: str, caption_key: str) -> list[tuple[str, s
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f'captions file {path}, line {lineno}: not valid JSON ({exc.msg}); '
-                                 f'each line must be {{"{file_key}": ..., "{caption_key}": ...}}'
-                                 ) from None
+                raise ValueError(f'captions file {path}, line {lineno}: not valid JSON '
+                                 f'({exc.msg}); each line must be {{"{file_key}": ..., '
+                                 f'"{caption_key}": ...}}') from None
             if not isinstance(record, dict) or file_key not in record or caption_key not in record:
                 raise ValueError(f'captions file {path}, line {lineno}: expected an object with '
                                  f'"{file_key}" and "{caption_key}", got {line.strip()[:80]!r}')
@@ -298,7 +300,8 @@ def expand_shards(shards: str | Sequence[str], data_root: str = '') -> list[str]
                     nxt.append(p)
                     continue
                 lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
-                nxt += [p[:m.start()] + str(i).zfill(width) + p[m.end():] for i in range(lo, hi + 1)]
+                nxt += [p[:m.start()] + str(i).zfill(width) + p[m.end():]
+                        for i in range(lo, hi + 1)]
             expanded = nxt
         found = []
         for p in expanded:
@@ -394,7 +397,8 @@ class WebDatasetTars(_CaptionDataset):
         for shard in expand_shards(self.shards, self.data_root):
             items += self._index_shard(shard)
         if not items:
-            raise ValueError(f'WebDatasetTars: no complete (image + caption) sample in {self.shards}')
+            raise ValueError(f'WebDatasetTars: no complete (image + caption) sample in '
+                             f'{self.shards}')
         return items
 
     @staticmethod

@@ -2,6 +2,7 @@
 from rankekit.utils.checkpoint import register_runner_checkpoint_loader
 
 from .hooks import CoEvolutionHook
+from .monitors import CovariateShiftMonitorHook, ImageGridHook
 from .optim_constructor import MultiOptimWrapperConstructor, optimizable_parts
 from .progress import RichProgressHook
 from .schedules import Schedule, build_schedule
@@ -9,5 +10,6 @@ from .summary import TrainingSummaryHook
 
 register_runner_checkpoint_loader()
 
-__all__ = ['CoEvolutionHook', 'MultiOptimWrapperConstructor', 'RichProgressHook', 'Schedule',
-           'TrainingSummaryHook', 'build_schedule', 'optimizable_parts']
+__all__ = ['CoEvolutionHook', 'CovariateShiftMonitorHook', 'ImageGridHook',
+           'MultiOptimWrapperConstructor', 'RichProgressHook', 'Schedule', 'TrainingSummaryHook',
+           'build_schedule', 'optimizable_parts']

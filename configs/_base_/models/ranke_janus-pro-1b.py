@@ -7,7 +7,9 @@ model = dict(
     # Janus's gen_vision_model is a LlamaGen VQ-16: 16384 codes of dim 8, 24x24 grid at 384 px
     tokenizer=dict(_delete_=True, type='JanusVQ', arch='VQ-16', image_size=384),
     # the language model + gen heads; its architecture comes from the directory's config.json
-    policy=dict(_delete_=True, type='JanusProPolicy', image_token_num=576),
+    # keep_lm_head=False: the unused 102400 x 2048 text head is not built (nor copied into the
+    # reference / EMA policies); its key in the file is skipped with a note
+    policy=dict(_delete_=True, type='JanusProPolicy', image_token_num=576, keep_lm_head=False),
     # Janus SFT template + tokenizer -> left-padded prompt ids
     text_encoder=dict(_delete_=True, type='JanusPromptEncoder'),
     decoder_anchor=dict(weight=5.0),

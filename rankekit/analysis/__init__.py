@@ -1,0 +1,9 @@
+"""Analysis of finished runs: ablation tables and plots (tools/analysis/*.py).
+
+- :mod:`rankekit.analysis.runs`: read work dirs (dumped config, logs, summary, test results)
+  and group the seeds of one experiment;
+- :mod:`rankekit.analysis.ablation`: the markdown ablation table;
+- :mod:`rankekit.analysis.curves`: curves over iterations and the CLIP-vs-FID Pareto plot
+  (matplotlib, optional extra ``plot``);
+- :mod:`rankekit.analysis.stats`: mean ± std over seeds and how tables print it.
+"""

@@ -1,0 +1,198 @@
+"""Ablation tables: one markdown row per experiment, its config diff, metrics as mean ± std.
+
+Everything in a row is computed from the work dirs: the "changes" column is the config diff
+against a base config (:func:`rankekit.utils.config_diff.config_diff`, never typed by hand), the
+metrics come from ``summary.json`` (the evaluation at the end of training) and/or the latest
+``tools/test.py`` result of each run, and the wall time from the text logs. Runs of one
+experiment with several seeds are one row (mean ± sample std over seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rankekit.analysis.runs import Run, RunGroup, group_runs, load_run
+from rankekit.analysis.stats import format_mean_std, mean_std
+
+#: the columns shown unless --metrics says otherwise (each also matches its "[combo]" variants)
+DEFAULT_METRICS = ('fid/fid', 'clip_score/mean', 'compositional/accuracy', 'lcs/kl',
+                   'lcs/entropy_bits')
+
+
+def select_columns(names: Sequence[str], patterns: Sequence[str] | None) -> list[str]:
+    """Metric names matching ``patterns`` (globs; ``'x'`` also matches ``'x [combo]'``), in
+    pattern order; ``None``: :data:`DEFAULT_METRICS`; ``['all']``: every name, sorted."""
+    if patterns is not None and list(patterns) == ['all']:
+        return sorted(names)
+    chosen = []
+    for pattern in patterns or DEFAULT_METRICS:
+        for name in sorted(names):
+            # '[[]' is a literal '[' in a glob: 'x' also matches 'x [online:base]'
+            matches = (name == pattern or fnmatch.fnmatchcase(name, pattern)
+                       or fnmatch.fnmatchcase(name, f'{pattern} [[]*]'))
+            if matches and name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def _cell(text: str) -> str:
+    return str(text).replace('|', '\\|')
+
+
+def common_changes(groups: Sequence[RunGroup]) -> dict:
+    """Diff entries shared, with the same value, by every group (shown once, under the table)."""
+    if len(groups) < 2:
+        return {}
+    first = groups[0].diff
+    return {k: v for k, v in first.items() if all(g.diff.get(k) == v for g in groups[1:])}
+
+
+def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence[str] | None = None,
+                   combos: Sequence[str] = ('online:ema',), use_summary: bool = True,
+                   use_test: bool = True, limit: int = 6) -> str:
+    """The markdown table (a string ending in a newline) for groups of runs."""
+    from rankekit.utils.config_diff import format_diff
+    per_run = [[r.metrics(combos, use_summary, use_test) for r in g.runs] for g in groups]
+    names = {k for runs in per_run for m in runs for k in m}
+    columns = select_columns(names, metrics)
+    common = common_changes(groups)
+    header = ['config', f'changes vs {base_name}', 'seeds', *columns, 'wall time (min)']
+    lines = ['| ' + ' | '.join(_cell(h) for h in header) + ' |',
+             '|' + '|'.join(['---'] * 3 + ['---:'] * (len(columns) + 1)) + '|']
+    for group, runs in zip(groups, per_run):
+        own = {k: v for k, v in group.diff.items() if k not in common}
+        cells = [group.name, format_diff(own, limit=limit), str(len(group.runs))]
+        for column in columns:
+            values = [m[column] for m in runs if column in m]
+            cells.append(format_mean_std(*mean_std(values)) if values else '–')
+        times = [r.wall_time_s / 60 for r in group.runs if r.wall_time_s is not None]
+        cells.append(format_mean_std(*mean_std(times)) if times else '–')
+        lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
+    if common:
+        lines.append('')
+        lines.append(f'Every row also changes, vs {base_name}: {format_diff(common, limit=99)}.')
+    return '\n'.join(lines) + '\n'
+
+
+# ------------------------------------------------------------------------------------------------
+# runs from configs x seeds, trained on demand
+# ------------------------------------------------------------------------------------------------
+def run_work_dir(work_root: str | Path, config: str | Path, seed: int) -> Path:
+    """``<work_root>/<config name>/seed<seed>``: where ``--configs`` runs live."""
+    return Path(work_root) / Path(config).stem / f'seed{seed}'
+
+
+def is_finished(work_dir: Path) -> bool:
+    """A run counts as done when its ``summary.json`` (written at the end of training) exists."""
+    return (work_dir / 'summary.json').is_file()
+
+
+def train_command(config: str | Path, work_dir: Path, seed: int,
+                  cfg_options: Sequence[str] = ()) -> list[str]:
+    """The ``rankekit train`` command (as ``tools/train.py``) that trains or resumes one run."""
+    cmd = [sys.executable, '-m', 'rankekit.cli', 'train', str(config), '--work-dir',
+           str(work_dir), '--seed', str(seed)]
+    if (work_dir / 'last_checkpoint').is_file():
+        cmd.append('--resume')  # an interrupted run continues where it stopped
+    if cfg_options:
+        cmd += ['--cfg-options', *cfg_options]
+    return cmd
+
+
+def ensure_runs(configs: Sequence[str], seeds: Sequence[int], work_root: str | Path,
+                run: bool = False, cfg_options: Sequence[str] = ()) -> list[Path]:
+    """The work dirs of ``configs`` x ``seeds``; missing ones are trained one after the other
+    (each in its own process) when ``run``, else reported with the commands that make them."""
+    wanted = [(c, s, run_work_dir(work_root, c, s)) for c in configs for s in seeds]
+    for config, _, _ in wanted:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f'config {config} does not exist')
+    missing = [(c, s, d) for c, s, d in wanted if not is_finished(d)]
+    if missing and not run:
+        commands = '\n'.join('  rankekit ' + ' '.join(train_command(c, d, s, cfg_options)[3:])
+                             for c, s, d in missing)
+        raise FileNotFoundError(f'{len(missing)} run(s) have not finished (no summary.json); '
+                                f'add --run to train them here, or run:\n{commands}')
+    for i, (config, seed, work_dir) in enumerate(missing, start=1):
+        cmd = train_command(config, work_dir, seed, cfg_options)
+        print(f'[{i}/{len(missing)}] training {Path(config).stem} seed {seed} -> {work_dir}',
+              flush=True)
+        done = subprocess.run(cmd)
+        if done.returncode != 0:
+            raise RuntimeError(f'training {config} (seed {seed}) failed with exit code '
+                               f'{done.returncode}; its log is under {work_dir}')
+        if not is_finished(work_dir):
+            raise RuntimeError(f'{config} trained but wrote no summary.json: add '
+                               f"default_hooks.summary=dict(type='TrainingSummaryHook')")
+    return [d for _, _, d in wanted]
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='tools/analysis/ablation_table.py',
+        description='A markdown ablation table from work dirs: config diff vs a base config, '
+        'metrics as mean ± std over seeds, wall time.')
+    parser.add_argument('work_dirs', nargs='*', help='work dirs of finished runs')
+    parser.add_argument('--configs', nargs='+', default=[],
+                        help='configs whose runs live in <work-root>/<name>/seed<N>')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0],
+                        help='seeds of the --configs runs (default: 0)')
+    parser.add_argument('--work-root', default='work_dirs/ablation',
+                        help='where --configs runs live (default: work_dirs/ablation)')
+    parser.add_argument('--run', action='store_true',
+                        help='train the missing --configs runs first, one after the other')
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='passed to training with --run, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--base', help='config (or work dir) the diffs are taken against '
+                        '(default: the first run\'s config)')
+    parser.add_argument('--metrics', nargs='+', help='metric columns (globs); "all" for '
+                        f'every metric (default: {" ".join(DEFAULT_METRICS)})')
+    parser.add_argument('--combos', nargs='+', default=['online:ema'],
+                        help='tools/test.py combos to take metrics from (default: online:ema)')
+    parser.add_argument('--test-json', default='test_*/metrics.json',
+                        help='tools/test.py results inside each work dir (glob; the latest '
+                        "checkpoint's is used; default: test_*/metrics.json)")
+    parser.add_argument('--no-summary', action='store_true',
+                        help='ignore summary.json (only tools/test.py metrics)')
+    parser.add_argument('--no-test', action='store_true', help='ignore tools/test.py results')
+    parser.add_argument('--out', help='also write the table to this file')
+    args = parser.parse_args(argv)
+    if not args.work_dirs and not args.configs:
+        parser.error('give work dirs, or --configs (with --seeds)')
+    return args
+
+
+def build_table(args: argparse.Namespace) -> str:
+    from rankekit.apis.config import load_config
+    from rankekit.analysis.runs import find_config
+    work_dirs = [Path(d) for d in args.work_dirs]
+    if args.configs:
+        work_dirs += ensure_runs(args.configs, args.seeds, args.work_root, args.run,
+                                 args.cfg_options)
+    runs: list[Run] = [load_run(d, None if args.no_test else args.test_json) for d in work_dirs]
+    if args.base is None:
+        base_path = runs[0].config_file
+    else:
+        base_path = Path(args.base)
+        base_path = find_config(base_path) if base_path.is_dir() else base_path
+    base_cfg = load_config(str(base_path))
+    groups = group_runs(runs, base_cfg)
+    return ablation_table(groups, base_path.stem, args.metrics, args.combos,
+                          use_summary=not args.no_summary, use_test=not args.no_test)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    table = build_table(args)
+    print(table, end='')
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    return 0
