@@ -141,6 +141,11 @@ def main(argv=None) -> int:
     torch.nn.init.normal_(toy_policy.output.weight, std=0.02)  # official init zeroes it
     results['toy_sampler'] = sampler_rows(toy_policy, 64, 16, 64, (16, 36, 64), 3.0,
                                           args.repeats, recompute=True)
+    # the toy policy's width on a 16x16 grid: the cache's advantage at LlamaGen's 256 tokens
+    long_policy = POLICIES.build(dict(toy_cfg, block_size=256)).eval()
+    torch.nn.init.normal_(long_policy.output.weight, std=0.02)
+    results['sampler_256_tokens'] = sampler_rows(long_policy, 64, 16, 8, (256,), 3.0, 1,
+                                                 recompute=True)
     # PERF_ANCHORS config b: tiny (4 layers, dim 256, 8 heads, vocab 512, 8x8, 16 x 128 caption)
     tiny_b = POLICIES.build(dict(type='LlamaGenGPT', dim=256, n_layer=4, n_head=8,
                                  vocab_size=512, block_size=64, cls_token_num=16,
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
     results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results['threads'] = args.threads
 
-    for key in ('toy_sampler', 'perf_anchor_b', 'perf_anchor_a', 'toy_iteration'):
+    for key in ('toy_sampler', 'sampler_256_tokens', 'perf_anchor_b', 'perf_anchor_a',
+                'toy_iteration'):
         rows = results.get(key)
         if not rows:
             continue
