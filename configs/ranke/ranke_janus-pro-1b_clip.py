@@ -4,7 +4,7 @@
 # (model.policy_anchor.weight=0.01).
 _base_ = ['../_base_/models/ranke_janus-pro-1b.py', '../_base_/datasets/image_caption.py',
           '../_base_/schedules/ranke_real.py', '../_base_/paper_evaluation.py',
-          '../_base_/default_runtime.py']
+          '../_base_/ranke_runtime.py']
 
 # ---- assets (docs/prepare_assets.md): edit here or override keys with --cfg-options ---------
 weights_root = 'data/weights'                 # every weight file / folder below
@@ -32,13 +32,7 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
 
-default_hooks = dict(
-    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
-                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
-    summary=dict(type='TrainingSummaryHook'),
-    checkpoint=dict(interval=500))
-custom_hooks = [dict(type='RichProgressHook',
-                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
+default_hooks = dict(checkpoint=dict(interval=500))
 
 paper_eval = dict(
     coco=dict(captions=f'{data_root}/annotations/captions_val2014.json',

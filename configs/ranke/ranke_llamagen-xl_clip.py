@@ -3,7 +3,7 @@
 # 6k steps. Paper (MS-COCO 30K): CLIP 33.76, FID 15.21, GenEval 0.425.
 _base_ = ['../_base_/models/ranke_llamagen-xl.py', '../_base_/datasets/image_caption.py',
           '../_base_/schedules/ranke_real.py', '../_base_/paper_evaluation.py',
-          '../_base_/default_runtime.py']
+          '../_base_/ranke_runtime.py']
 
 # ---- assets (docs/prepare_assets.md): edit here or override keys with --cfg-options ---------
 weights_root = 'data/weights'  # every weight file / folder below
@@ -21,14 +21,7 @@ model = dict(
     perceptual_loss=dict(backbone_weights=f'{weights_root}/vgg16-397923af.pth'))
 train_dataloader = dict(dataset=dict(data_root=data_root))
 
-default_hooks = dict(
-    # both phases on every rollout (sync, as released); tau 4 -> 1 (cosine) over the first 20%
-    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
-                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
-    summary=dict(type='TrainingSummaryHook'),
-    checkpoint=dict(interval=500))
-custom_hooks = [dict(type='RichProgressHook',
-                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
+default_hooks = dict(checkpoint=dict(interval=500))
 
 paper_eval = dict(
     coco=dict(captions=f'{data_root}/annotations/captions_val2014.json',

@@ -2,18 +2,13 @@
 # G=8, both phases on every rollout (sync), as released.
 _base_ = ['../_base_/models/ranke_toy.py', '../_base_/datasets/toy_shapes.py',
           '../_base_/schedules/ranke_toy.py', '../_base_/toy_evaluation.py',
-          '../_base_/default_runtime.py']
+          '../_base_/ranke_runtime.py']
 model = dict(
     tokenizer=dict(pretrained='toy://vq.pt'),
     policy=dict(pretrained='toy://policy.pt'),
     text_encoder=dict(pretrained='toy://text_encoder.pt'),
     perceptual_loss=dict(net=dict(pretrained='toy://reward_classifier.pt')))
-default_hooks = dict(
-    # schedules the phases and anneals tau 4 -> 1 over the first 20% (released)
-    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
-                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
-    summary=dict(type='TrainingSummaryHook'),
-    checkpoint=dict(interval=100))
+default_hooks = dict(checkpoint=dict(interval=100))
 custom_hooks = [
     dict(type='RichProgressHook',
          keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor']),

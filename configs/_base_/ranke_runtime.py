@@ -1,0 +1,9 @@
+# Runtime of every RankE run: the default runtime plus the hook that schedules co-evolution.
+_base_ = ['./default_runtime.py']
+default_hooks = dict(
+    # both phases on every rollout (sync, as released); tau 4 -> 1 by cosine over the first 20%
+    coevolution=dict(type='CoEvolutionHook', schedule='sync', train_mode='both',
+                     tau=dict(type='cosine', start=4.0, end=1.0, stop=0.2)),
+    summary=dict(type='TrainingSummaryHook'))
+custom_hooks = [dict(type='RichProgressHook',
+                     keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
