@@ -197,3 +197,14 @@ def test_reward_combiner_normalisations_by_hand():
     assert running.running_mean.item() == pytest.approx(0.4)
     with pytest.raises(ValueError, match="reward normalize='zscore' is unknown"):
         RewardCombiner([RednessReward()], normalize='zscore')
+
+
+def test_l2_fisher_anchor_on_the_policy_and_decoder():
+    model, optim = build(policy_anchor=dict(type='L2Anchor', weight=1.0, fisher=True,
+                                            fisher_steps=2),
+                         decoder_anchor=dict(type='L2Anchor', weight=1.0))
+    for _ in range(3):
+        logs = model.train_step(batch(), optim)
+    assert int(model.policy_anchor.fisher_count) == 2
+    assert float(logs['policy/anchor']) > 0 and float(logs['decoder/anchor']) > 0
+    assert any(k.startswith('policy_anchor.fisher_state.') for k in model.state_dict())

@@ -370,14 +370,12 @@ class RankEModel(BaseModel):
     # ----------------------------------------------------------------------------- phases
     def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
-        need_ref = self.policy_anchor is not None and self.policy_anchor.uses == 'outputs'
-        logp_ref = None
-        with torch.no_grad():
+        anchor = self.policy_anchor
+        with torch.no_grad():  # the frozen initial policy: KL logging, anchors, 'ref' losses
             logp_ref = self.policy_ref.log_probs(ro['cond'], ro['mask'], ro['tokens'])
-            if need_ref and self.policy_anchor.reference == 'ema':
+            anchor_ref = logp_ref
+            if anchor is not None and anchor.uses == 'outputs' and anchor.reference == 'ema':
                 anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
-            else:
-                anchor_ref = logp_ref
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
             with wrapper.optim_context(self):
@@ -387,14 +385,16 @@ class RankEModel(BaseModel):
                 out = self.rank_loss(logp, logp_old, ro['rewards'], ro['group_size'],
                                      logp_ref=logp_ref)
                 loss = out['loss']
-                if self.policy_anchor is not None:
-                    if self.policy_anchor.uses == 'params':
-                        penalty = self.policy_anchor(self.policy, self.policy_ref, kind='policy')
+                if anchor is not None:
+                    if anchor.uses == 'params':
+                        reference = self.policy_ref if anchor.reference == 'initial' \
+                            else self.policy_ema
+                        penalty = anchor(self.policy, reference, kind='policy')
                     else:
-                        penalty = self.policy_anchor(logp, anchor_ref, kind='policy')
-                    loss = loss + self.policy_anchor.weight * penalty
+                        penalty = anchor(logp, anchor_ref, kind='policy')
+                    loss = loss + anchor.weight * penalty
                     logs['policy/anchor'] = penalty.detach()
-            observe = getattr(self.policy_anchor, 'observe_gradients', None)
+            observe = getattr(anchor, 'observe_gradients', None)
             if not self._safe_update(wrapper, loss, 'policy', logs,
                                      on_grads=observe and (lambda: observe(self.policy))):
                 return
