@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     # the toy policy's width on a 16x16 grid: the cache's advantage at LlamaGen's 256 tokens
     long_policy = POLICIES.build(dict(toy_cfg, block_size=256)).eval()
     torch.nn.init.normal_(long_policy.output.weight, std=0.02)
-    results['sampler_256_tokens'] = sampler_rows(long_policy, 64, 16, 8, (256,), 3.0, 1,
+    results['sampler_256_tokens'] = sampler_rows(long_policy, 64, 16, 32, (256,), 3.0, 1,
                                                  recompute=True)
     # PERF_ANCHORS config b: tiny (4 layers, dim 256, 8 heads, vocab 512, 8x8, 16 x 128 caption)
     tiny_b = POLICIES.build(dict(type='LlamaGenGPT', dim=256, n_layer=4, n_head=8,
