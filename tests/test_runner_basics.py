@@ -165,3 +165,15 @@ def test_cli_options_are_applied(tmp_path):
         setup_cfg(parse_args([str(tmp_path / 'a.py'), '--resume', str(tmp_path / 'nope.pth')]))
     with pytest.raises(FileNotFoundError, match='config file .* does not exist'):
         setup_cfg(parse_args([str(tmp_path / 'missing.py')]))
+
+
+def test_setup_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
+    from rankekit.apis.train import main
+    monkeypatch.delenv('RANKEKIT_DEBUG', raising=False)
+    (tmp_path / 'a.py').write_text(_cfg_text(tmp_path / 'w').replace(
+        "type='TwoPartRegressor'", "type='TwoPartRegresor'"))
+    assert main([str(tmp_path / 'a.py')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'TwoPartRegresor' in err and 'Traceback' not in err
+    assert main([str(tmp_path / 'missing.py')]) == 2
+    assert 'does not exist' in capsys.readouterr().err

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
+import sys
 
 from rankekit.apis.config import DictAction, default_work_dir, load_config
 
@@ -86,9 +88,23 @@ def build_runner(cfg):
     return Runner.from_cfg(cfg)
 
 
+#: errors of a bad config or missing file while setting up: reported in one line, not a traceback
+SETUP_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError)
+
+
 def main(argv=None) -> int:
+    """Train; a bad config or missing file at set-up is one ``error:`` line and exit code 2
+    (set RANKEKIT_DEBUG=1 for the traceback). Errors during training raise as usual."""
     args = parse_args(argv)
-    cfg = setup_cfg(args)
-    runner = build_runner(cfg)
+    try:
+        cfg = setup_cfg(args)
+        runner = build_runner(cfg)
+    except SETUP_ERRORS as exc:
+        if os.environ.get('RANKEKIT_DEBUG'):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f'error: {message}', file=sys.stderr)
+        print('(set RANKEKIT_DEBUG=1 to see the traceback)', file=sys.stderr)
+        return 2
     runner.train()
     return 0
