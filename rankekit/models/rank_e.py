@@ -443,17 +443,20 @@ class RankEModel(BaseModel):
             or (cfg['reward_weight'] > 0 and self.rewards.any_differentiable)
             or self.decoder_anchor is not None or (adversarial and cfg['disc_sees_policy']))
         gt_codes = self.tokenizer.images_to_codes(real)
+        wrapper = optim_wrapper['decoder']
+        # decoded once: the discriminator step (which leaves the decoder unchanged) sees it
+        # detached, the decoder step keeps its graph
+        with wrapper.optim_context(self):
+            recon = self.decode(gt_codes, 'online')
 
         if adversarial:
-            with torch.no_grad():
-                fakes = [self.decode(gt_codes, 'online')]
-                if cfg['disc_sees_policy']:
+            fakes = [recon.detach()]
+            if cfg['disc_sees_policy']:
+                with torch.no_grad():
                     fakes.append(self.decode(ro['tokens'][chosen], 'online'))
             self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
 
-        wrapper = optim_wrapper['decoder']
         with wrapper.optim_context(self), self._requires_grad(self.discriminator, False):
-            recon = self.decode(gt_codes, 'online')
             l1 = (recon - real).abs().mean()
             nll = cfg['l1_weight'] * l1
             logs['decoder/l1'] = l1.detach()
