@@ -32,6 +32,7 @@ import torch
 from mmcv.transforms import BaseTransform, LoadImageFromFile
 from mmengine.dataset import BaseDataset
 
+from rankekit.datasets.prompts import read_jsonl
 from rankekit.registry import DATASETS, TRANSFORMS
 
 __all__ = ['ImageCaptionFolder', 'WebDatasetTars', 'PackImageCaption', 'CorruptSampleError',
@@ -158,22 +159,8 @@ class _CaptionDataset(BaseDataset):
 # image folder + captions file
 # ------------------------------------------------------------------------------------------------
 def _read_jsonl(path: str, file_key: str, caption_key: str) -> list[tuple[str, str]]:
-    pairs = []
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f'captions file {path}, line {lineno}: not valid JSON '
-                                 f'({exc.msg}); each line must be {{"{file_key}": ..., '
-                                 f'"{caption_key}": ...}}') from None
-            if not isinstance(record, dict) or file_key not in record or caption_key not in record:
-                raise ValueError(f'captions file {path}, line {lineno}: expected an object with '
-                                 f'"{file_key}" and "{caption_key}", got {line.strip()[:80]!r}')
-            pairs.append((str(record[file_key]), str(record[caption_key])))
-    return pairs
+    return [(str(record[file_key]), str(record[caption_key]))
+            for _, record in read_jsonl(path, (file_key, caption_key), 'captions file')]
 
 
 def _read_csv(path: str, file_key: str, caption_key: str) -> list[tuple[str, str]]:

@@ -81,6 +81,29 @@ class ToyPrompts(Dataset):
         return dict(caption=prompt['caption'], attributes=prompt['attributes'].clone())
 
 
+def read_jsonl(path, keys: Sequence[str], what: str = 'file'):
+    """Yield ``(line number, record)`` for each non-blank line of a JSON-lines file.
+
+    Every record must be a JSON object with ``keys``; otherwise a ValueError names the file, the
+    line and the keys expected.
+    """
+    wanted = ', '.join(f'"{k}": ...' for k in keys)
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'{what} {path}, line {lineno}: not valid JSON ({exc.msg}); '
+                                 f'each line must be an object like {{{wanted}}}') from None
+            if not isinstance(record, dict) or any(k not in record for k in keys):
+                raise ValueError(f'{what} {path}, line {lineno}: expected an object with '
+                                 f'{" and ".join(repr(k) for k in keys)}, got {line[:80]!r}')
+            yield lineno, record
+
+
 def read_prompt_file(path: str | Path, caption_key: str = 'caption') -> list[str]:
     """Prompts from a ``.txt`` file (one per line) or a ``.jsonl`` file (``{"caption": ...}``).
 
@@ -93,24 +116,12 @@ def read_prompt_file(path: str | Path, caption_key: str = 'caption') -> list[str
     if suffix not in ('.txt', '.jsonl'):
         raise ValueError(f'prompt file {path}: unsupported extension {suffix!r}; use .txt (one '
                          f'prompt per line) or .jsonl (one {{"{caption_key}": "..."}} per line)')
-    prompts = []
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if suffix == '.txt':
-                prompts.append(line)
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f'prompt file {path}, line {lineno}: not valid JSON '
-                                 f'({exc.msg}); each line must be an object like '
-                                 f'{{"{caption_key}": "a red circle"}}') from None
-            if not isinstance(record, dict) or caption_key not in record:
-                raise ValueError(f'prompt file {path}, line {lineno}: expected an object with '
-                                 f'a "{caption_key}" key, got {line[:80]!r}')
+    if suffix == '.txt':
+        with open(path, encoding='utf-8') as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    else:
+        prompts = []
+        for lineno, record in read_jsonl(path, (caption_key,), 'prompt file'):
             caption = record[caption_key]
             if not isinstance(caption, str) or not caption.strip():
                 raise ValueError(f'prompt file {path}, line {lineno}: "{caption_key}" must be a '
