@@ -217,6 +217,32 @@ def test_fid_metric_ignores_a_cache_with_a_wrong_key(tmp_path):
     assert metric.evaluate(6)['fid/fid'] == pytest.approx(expected, rel=1e-5)
 
 
+def test_fid_metric_real_floor_is_the_fid_of_disjoint_real_images(tmp_path):
+    """real_floor = FID(first N floor images, reference), N = the generated count; cached."""
+    floor = dict(type='ToyShapes', split='test', num_samples=8, image_size=16)
+    _, floor_images = real_images(8, split='test')
+    _, gen = real_images(7, split='train')
+    cache = tmp_path / 'fid.npz'
+    for _ in range(2):  # computed, then read back from fid_floor.npz
+        extractor = ColourFeatures()
+        metric = FIDMetric(feature_extractor=extractor, real=REAL, floor_real=floor,
+                           reference_cache=str(cache))
+        metric.process(None, samples(gen[:6]))
+        result = metric.evaluate(6)
+        expected = fid_from_features(hand_features(floor_images[:6]),
+                                     hand_features(real_images(12)[1]))
+        assert result['fid/real_floor'] == pytest.approx(expected, rel=1e-5)
+        assert result['fid/fid'] == pytest.approx(
+            fid_from_features(hand_features(gen[:6]), hand_features(real_images(12)[1])), rel=1e-5)
+    assert (tmp_path / 'fid_floor.npz').is_file()
+    assert extractor.calls == 6  # second pass: reference and floor features from the caches
+    # more generated images than floor images: a clear error
+    metric = FIDMetric(feature_extractor=ColourFeatures(), real=REAL, floor_real=floor)
+    metric.process(None, samples(torch.cat([gen, gen[:2]])))
+    with pytest.raises(ValueError, match=r'9 generated, floor_real has 8.*num_samples=9'):
+        metric.evaluate(9)
+
+
 def test_real_images_from_a_folder_match_the_dataset(tmp_path):
     ds, images = real_images(5)
     ds.write_folder(tmp_path / 'real')

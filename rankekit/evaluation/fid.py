@@ -138,6 +138,11 @@ class FIDMetric(BaseMetric):
     another extractor or real set is detected and recomputed. FID is biased by the sample count:
     compare runs at equal numbers of generated images.
 
+    With ``floor_real`` (real images disjoint from ``real``, at least as many as the generated
+    ones) the metric also reports ``real_floor``: the FID of the first N of them against the same
+    reference, N = the number of generated images. It is what a perfect generator would score
+    at this sample count, the floor every difference must be read against.
+
     Args:
         feature_extractor: ``FEATURE_EXTRACTORS`` config or a built module with ``features``.
         real: real images: dataset config, dataset or image folder (see
@@ -147,6 +152,8 @@ class FIDMetric(BaseMetric):
         real_image_size: centre-crop + resize real folder images to this side.
         batch_size: batch size for the real images.
         eps: covariance offset of :func:`frechet_distance`'s guard.
+        floor_real: real images disjoint from ``real`` for ``real_floor`` (same forms as
+            ``real``), or None (no floor). Their features are cached beside the reference.
         prefix: metric name prefix (``fid/fid``).
     """
 
@@ -161,7 +168,7 @@ class FIDMetric(BaseMetric):
                  real=dict(type='ToyShapes', split='val', num_samples=1000),
                  reference_cache: str | None = None, num_real: int | None = None,
                  real_image_size: int | None = None, batch_size: int = 64, eps: float = 1e-6,
-                 prefix: str | None = None, collect_device: str = 'cpu',
+                 floor_real=None, prefix: str | None = None, collect_device: str = 'cpu',
                  collect_dir: str | None = None):
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
         self.extractor = build_network(feature_extractor, FEATURE_EXTRACTORS, 'feature_extractor')
@@ -169,7 +176,9 @@ class FIDMetric(BaseMetric):
             self.extractor.eval()
         self.real = RealImages(real, num_real, real_image_size)
         self.reference_cache, self.batch_size, self.eps = reference_cache, batch_size, eps
-        self._reference = None
+        self.floor_real = (None if floor_real is None
+                           else RealImages(floor_real, image_size=real_image_size))
+        self._reference = self._floor_features = None
 
     def process(self, data_batch, data_samples) -> None:
         images = generated_images(data_samples)
@@ -189,21 +198,44 @@ class FIDMetric(BaseMetric):
         """``dict(mu, sigma, n)`` of the real features (computed once; cached if configured)."""
         if self._reference is None:
             def compute():
-                feats = [extract_features(self.extractor, batch).cpu().double().numpy()
-                         for batch in self.real.batches(self.batch_size)]
-                mu, sigma = feature_statistics(np.concatenate(feats))
+                mu, sigma = feature_statistics(self._real_features(self.real))
                 return dict(mu=mu, sigma=sigma, n=np.array(len(self.real)))
             self._reference = cached_arrays(self.reference_cache, self.reference_key(), compute,
                                             logger=lambda msg: print_log(msg, logger='current'))
         return self._reference
+
+    def _real_features(self, real: RealImages) -> np.ndarray:
+        return np.concatenate([extract_features(self.extractor, batch).cpu().double().numpy()
+                               for batch in real.batches(self.batch_size)])
+
+    def real_floor(self, num: int) -> float:
+        """FID of the first ``num`` ``floor_real`` images against the reference statistics."""
+        if num > len(self.floor_real):
+            raise ValueError(f'the FID real floor needs as many floor_real images as generated '
+                             f'ones: {num} generated, floor_real has {len(self.floor_real)}; '
+                             f'enlarge floor_real (e.g. num_samples={num})')
+        if self._floor_features is None:
+            cache = self.reference_cache
+            cache = None if cache is None else str(Path(cache).with_suffix('')) + '_floor.npz'
+            key = cache_key(dict(reference=self.reference_key(),
+                                 floor_real=self.floor_real.describe()))
+            self._floor_features = cached_arrays(
+                cache, key, lambda: dict(features=self._real_features(self.floor_real)),
+                logger=lambda msg: print_log(msg, logger='current'))['features']
+        mu, sigma = feature_statistics(self._floor_features[:num])
+        ref = self.reference_statistics()
+        return frechet_distance(mu, sigma, ref['mu'], ref['sigma'], eps=self.eps)
 
     def compute_metrics(self, results: list) -> dict:
         if len(results) < 2:
             raise ValueError(f'FIDMetric needs at least 2 generated images, got {len(results)}')
         mu, sigma = feature_statistics(np.stack(results))
         ref = self.reference_statistics()
-        return dict(fid=frechet_distance(mu, sigma, ref['mu'], ref['sigma'], eps=self.eps),
-                    num_images=float(len(results)))
+        out = dict(fid=frechet_distance(mu, sigma, ref['mu'], ref['sigma'], eps=self.eps),
+                   num_images=float(len(results)))
+        if self.floor_real is not None:
+            out['real_floor'] = self.real_floor(len(results))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
