@@ -7,3 +7,7 @@ default_hooks = dict(
     summary=dict(type='TrainingSummaryHook'))
 custom_hooks = [dict(type='RichProgressHook',
                      keys=['reward/mean', 'policy/kl', 'decoder/l1', 'decoder/anchor'])]
+# distributed runs (--launcher pytorch/slurm): RankEModel runs its own train_step on every rank,
+# gradients averaged inside its updates (see docs/distributed.md); one process ignores this.
+# The name carries its scope: MMEngine looks model wrappers up in its own root registry
+model_wrapper_cfg = dict(type='rankekit.RankEDataParallel')

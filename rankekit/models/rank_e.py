@@ -23,16 +23,18 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from mmengine.dist import all_reduce, get_world_size
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
 from rankekit.models.ema import ema_update_, frozen_copy
+from rankekit.policies.sampling import draw_uniforms
 from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
                                TEXT_ENCODERS, TOKENIZERS)
 from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
+from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
+                                        rank_rows)
 
 _DECODE_WITH = ('online', 'ema', 'base')
 
@@ -193,6 +195,8 @@ class RankEModel(BaseModel):
         self.decoder_base = frozen_copy(decoder)
         self.decoder_ema = frozen_copy(decoder)
         self._check_frozen_parts()
+        from rankekit.models.validation import check_built_model
+        check_built_model(self)  # settings vs the built parts: a clear error before any step
         for anchor, module in ((self.policy_anchor, self.policy), (self.decoder_anchor, decoder)):
             if anchor is not None and hasattr(anchor, 'bind'):
                 anchor.bind(module)
@@ -207,7 +211,6 @@ class RankEModel(BaseModel):
         # ignores nn.Module extra state): resumed runs draw the same rollouts
         self._rollout_generator = torch.Generator().manual_seed(int(self.rollout_cfg['seed']))
         self.register_buffer('rollout_rng_state', self._rollout_generator.get_state())
-        self._warned_reward_grad = False
         self._register_state_dict_hook(_drop_frozen_keys)
         self._register_load_state_dict_pre_hook(_fill_frozen_keys, with_module=True)
 
@@ -233,6 +236,12 @@ class RankEModel(BaseModel):
         for module in (self.policy, self.policy_ref, self.policy_ema, self.text_encoder,
                        self.rewards, self.perceptual, self.decoder_base, self.decoder_ema):
             if module is not None:
+                module.eval()
+        # the frozen encoder/quantizer too: in training mode the quantizer would log code usage
+        # of this rank's images into a buffer (ranks would drift apart)
+        trainable = {id(m) for m in self.tokenizer.decoder_modules().values()}
+        for module in self.tokenizer.children():
+            if id(module) not in trainable:
                 module.eval()
         return self
 
@@ -287,11 +296,7 @@ class RankEModel(BaseModel):
 
     def _all_ranks_true(self, flag: bool) -> bool:
         """True only if ``flag`` is True on every rank (so all ranks skip together)."""
-        if get_world_size() == 1:
-            return flag
-        value = torch.tensor(0.0 if flag else 1.0, device=self.policy_steps.device)
-        all_reduce(value)
-        return bool(value.item() == 0.0)
+        return all_ranks_true(flag, self.policy_steps.device)
 
     def _register_skip(self, part: str, why: str, logs: dict) -> None:
         """Count a skipped ``part`` update ('reward', 'policy', 'decoder', 'discriminator')."""
@@ -320,6 +325,8 @@ class RankEModel(BaseModel):
         wrapper.backward(wrapper.scale_loss(loss))
         if not wrapper.should_update():
             return True
+        # data parallel: the mean gradient over ranks (a non-finite one then reaches every rank)
+        average_gradients_(params)
         amp = hasattr(wrapper, 'loss_scaler')  # the AMP scaler already skips inf gradients
         grads_ok = amp or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
         if not self._all_ranks_true(bool(grads_ok)):
@@ -340,12 +347,17 @@ class RankEModel(BaseModel):
         cond, mask = self.encode_prompts(prompts)
         cond, mask = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
         want_topk = self.decoder_cfg['lasc_weight'] > 0 and self.phases['decoder']
+        # the uniforms of the GLOBAL batch (rank 0's rows first) from the generator every rank
+        # shares; this rank draws with its rows: tokens do not depend on how ranks split a batch
         self._rollout_generator.set_state(self.rollout_rng_state.cpu())
+        start, stop, total = rank_rows(len(cond), self.policy_steps.device)
+        uniforms = draw_uniforms(total, int(self.policy.num_image_tokens),
+                                 generator=self._rollout_generator, device=cond.device)
         out = self.policy.sample(
             cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
             cfg_first_n=self.rollout_cfg['cfg_first_n'],
             temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
-            top_p=self.rollout_cfg['top_p'], generator=self._rollout_generator,
+            top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
             return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
         self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         group_prompts = [p for p in prompts for _ in range(G)]
@@ -411,10 +423,15 @@ class RankEModel(BaseModel):
             ema_update_(self.policy_ema, self.policy, float(self.policy_cfg['ema_decay']))
 
     def _adaptive_gan_weight(self, nll: Tensor, g_loss: Tensor) -> Tensor:
-        """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4]."""
+        """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4].
+
+        Data parallel: the norms of the rank-mean gradients, i.e. of the global batch's losses
+        (the same weight on every rank, as in one process on the whole batch).
+        """
         last = self.tokenizer.decoder.last_layer
         nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        average_tensors_([nll_grad, g_grad])
         return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
@@ -494,17 +511,13 @@ class RankEModel(BaseModel):
         if cfg['reward_weight'] > 0:
             prompts = [ro['prompts'][i] for i in chosen.tolist()]
             stats = self.rewards.group_statistics(ro['raw_rewards'], ro['group_size'], chosen)
+            # at least one reward is differentiable (checked at build time); others are warned
+            # about once: they rank the rollouts but give no gradient
             score = self.rewards.differentiable_score(to_unit_range(images), prompts, stats)
-            if score is None:
-                if not self._warned_reward_grad:
-                    self.rewards.warn_non_differentiable()
-                    self._warned_reward_grad = True
-                logs['decoder/reward_term_dropped'] = torch.ones(())
-            else:
-                self.rewards.warn_non_differentiable()
-                reward_term = -(w * score).mean()
-                total = total + cfg['reward_weight'] * reward_term
-                logs['decoder/reward'] = (-reward_term).detach()
+            self.rewards.warn_non_differentiable()
+            reward_term = -(w * score).mean()
+            total = total + cfg['reward_weight'] * reward_term
+            logs['decoder/reward'] = (-reward_term).detach()
         if self.decoder_anchor is not None:
             anchor = self.decoder_anchor
             if anchor.uses == 'params':
@@ -553,7 +566,7 @@ class RankEModel(BaseModel):
         ro = self.rollout(prompts)
         logs.update(self._reward_logs(ro))
         if not self._all_ranks_true(bool(torch.isfinite(ro['rewards']).all())):
-            self._register_skip('reward', 'a reward', logs)
+            self._register_skip('reward', self.rewards.nonfinite_summary() or 'a reward', logs)
             # non-finite statistics would poison the smoothed log: report the skip only
             return dict(phase=logs['phase'], skipped_nonfinite=self.skipped_nonfinite.float())
         skips_before = int(self.skipped_nonfinite)

@@ -456,7 +456,8 @@ class JanusProPolicy(nn.Module):
                num_tokens: int | None = None, cfg_scale: float = 5.0,
                cfg_first_n: int | None = None, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, generator: torch.Generator | None = None, seeds=None,
-               return_topk_logits: int = 0) -> SampleOutput:
+               return_topk_logits: int = 0,
+               uniforms: torch.Tensor | None = None) -> SampleOutput:
         """Sample image tokens with a transformers KV cache (official CFG row layout).
 
         Args:
@@ -466,16 +467,18 @@ class JanusProPolicy(nn.Module):
             cfg_first_n: guide the first N tokens only (the uncond rows are dropped after).
             temperature, top_k, top_p: applied to the CFG-combined logits in this order.
             generator / seeds: RNG for the draws (see ``sampling.draw_uniforms``).
+            uniforms: (B, L) uniforms in [0, 1) to draw with, instead of any RNG.
             return_topk_logits: also return the k largest combined logits (and ids) per step.
         """
         with torch.inference_mode():
             out = self._sample(cond_ids, cond_mask, num_tokens, cfg_scale, cfg_first_n,
-                               temperature, top_k, top_p, generator, seeds, return_topk_logits)
+                               temperature, top_k, top_p, generator, seeds, return_topk_logits,
+                               uniforms)
         # clones leave inference mode, so the outputs can feed autograd (log_probs, losses)
         return SampleOutput(*(t.clone() if t is not None else None for t in out))
 
     def _sample(self, cond_ids, cond_mask, num_tokens, cfg_scale, cfg_first_n, temperature,
-                top_k, top_p, generator, seeds, return_topk_logits):
+                top_k, top_p, generator, seeds, return_topk_logits, uniforms=None):
         check_sampling_args(self.vocab_size, temperature, top_k, top_p)
         L = self.num_image_tokens if num_tokens is None else int(num_tokens)
         if not 1 <= L <= self.num_image_tokens:
@@ -485,7 +488,8 @@ class JanusProPolicy(nn.Module):
                              f'{return_topk_logits}')
         ids, mask = self.check_prompt(cond_ids, cond_mask)
         B, device = ids.shape[0], ids.device
-        uniforms = draw_uniforms(B, L, seeds=seeds, generator=generator, device=device)
+        uniforms = draw_uniforms(B, L, seeds=seeds, generator=generator, device=device,
+                                 uniforms=uniforms)
         cfg_steps = 0 if cfg_scale == 1.0 else (L if cfg_first_n is None else min(cfg_first_n, L))
         if cfg_steps:
             ids, mask = self.cfg_rows(ids, mask)

@@ -445,7 +445,8 @@ class LlamaGenGPT(nn.Module):
     def sample(self, cond: torch.Tensor, cond_mask: torch.Tensor, num_tokens: int | None = None,
                cfg_scale: float = 1.0, cfg_first_n: int | None = None, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-               seeds=None, return_topk_logits: int = 0) -> SampleOutput:
+               seeds=None, return_topk_logits: int = 0,
+               uniforms: torch.Tensor | None = None) -> SampleOutput:
         """Sample image tokens with a per-call KV cache (dropout never applies).
 
         Args:
@@ -456,16 +457,18 @@ class LlamaGenGPT(nn.Module):
             temperature, top_k, top_p: applied to the CFG-combined logits in this order.
             generator: RNG for the draws; seeds: one int per row, giving each row its own stream
                 (its tokens then do not depend on the rest of the batch). Neither: global RNG.
+            uniforms: (B, L) uniforms in [0, 1) to draw with, instead of any RNG (rollouts take
+                their rows of the global batch's uniforms under data parallelism).
             return_topk_logits: also return the k largest combined logits (and ids) per step.
         """
         with torch.inference_mode():
             out = self._sample(cond, cond_mask, num_tokens, cfg_scale, cfg_first_n, temperature,
-                               top_k, top_p, generator, seeds, return_topk_logits)
+                               top_k, top_p, generator, seeds, return_topk_logits, uniforms)
         # clones leave inference mode, so the outputs can feed autograd (log_probs, losses)
         return SampleOutput(*(t.clone() if t is not None else None for t in out))
 
     def _sample(self, cond, cond_mask, num_tokens, cfg_scale, cfg_first_n, temperature, top_k,
-                top_p, generator, seeds, return_topk_logits):
+                top_p, generator, seeds, return_topk_logits, uniforms=None):
         check_sampling_args(self.vocab_size, temperature, top_k, top_p)
         L = self.block_size if num_tokens is None else int(num_tokens)
         if not 1 <= L <= self.block_size:
@@ -476,7 +479,8 @@ class LlamaGenGPT(nn.Module):
         cond, keys_ok = self.prepare_caption(cond, cond_mask)
         B, T = keys_ok.shape
         device = cond.device
-        uniforms = draw_uniforms(B, L, seeds=seeds, generator=generator, device=device)
+        uniforms = draw_uniforms(B, L, seeds=seeds, generator=generator, device=device,
+                                 uniforms=uniforms)
         cfg_steps = 0 if cfg_scale == 1.0 else (L if cfg_first_n is None else min(cfg_first_n, L))
         if cfg_steps:  # cond rows first, then null-caption rows with the conditional mask
             rows = torch.cat([cond, self.null_caption(T).to(cond).expand(B, -1, -1)])

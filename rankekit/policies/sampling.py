@@ -45,12 +45,23 @@ def check_sampling_args(vocab_size: int, temperature: float, top_k: int, top_p: 
 
 def draw_uniforms(batch_size: int, num_steps: int, *, seeds: Sequence[int] | None = None,
                   generator: torch.Generator | None = None,
-                  device: torch.device | str = 'cpu') -> torch.Tensor:
+                  device: torch.device | str = 'cpu',
+                  uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Uniforms in [0, 1) of shape (batch_size, num_steps), one per token draw.
 
+    ``uniforms`` given by the caller are checked and used as they are (data-parallel rollouts
+    take their rows of the global batch's uniforms, so tokens do not depend on the rank split).
     ``seeds`` gives row i its own CPU stream ``torch.Generator().manual_seed(seeds[i])`` (the same
     numbers on every device); otherwise ``generator`` is used, else the global RNG.
     """
+    if uniforms is not None:
+        if seeds is not None:
+            raise ValueError('give either uniforms or seeds, not both')
+        if tuple(uniforms.shape) != (batch_size, num_steps):
+            raise ValueError(f'uniforms has shape {tuple(uniforms.shape)}, expected '
+                             f'(batch_size={batch_size}, num_steps={num_steps}): one uniform '
+                             f'per row and token')
+        return uniforms.to(device)
     if seeds is not None:
         seeds = [int(s) for s in seeds]
         if len(seeds) != batch_size:

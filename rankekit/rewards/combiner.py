@@ -7,6 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from rankekit.registry import REWARDS
+from rankekit.utils.build import build_module, did_you_mean
+from rankekit.utils.distributed import all_ranks_true, mean_var_over_ranks
 
 _NORMALISE = ('none', 'running', 'group')
 
@@ -18,7 +20,8 @@ class RewardCombiner(nn.Module):
 
     - ``'none'``: raw scores;
     - ``'running'``: (r - mu_k) / sigma_k with running mean/std of reward k over training
-      (momentum ``running_momentum``; statistics are buffers, so they are checkpointed);
+      (momentum ``running_momentum``; statistics are buffers, so they are checkpointed; under
+      data parallelism each update uses the statistics of the global batch, all ranks agree);
     - ``'group'``: (r - mean_group) / (std_group + eps) over the G rollouts of each prompt.
 
     ``score(images, prompts)`` is the no-grad path used to rank rollouts; it returns the combined
@@ -35,18 +38,29 @@ class RewardCombiner(nn.Module):
         if not rewards:
             raise ValueError('model.rewards is empty: give at least one reward config, e.g. '
                              "rewards=[dict(type='ClipScore', ...)]")
-        modules = [REWARDS.build(r) if isinstance(r, dict) else r for r in rewards]
+        if not isinstance(rewards, (list, tuple)):
+            raise TypeError(f'model.rewards must be a reward config dict or a list of them, got '
+                            f'{type(rewards).__name__}')
+        modules = [build_module(REWARDS, r, f'model.rewards[{i}]') for i, r in enumerate(rewards)]
         names = [m.name for m in modules]
         if len(set(names)) != len(names):
-            raise ValueError(f'reward names must be unique, got {names}; set name=... on the '
-                             'reward configs')
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f'model.rewards: reward names must be unique (logs and statistics are '
+                             f'keyed by name), got {names}; {twice} appear more than once. Set '
+                             f"name='...' on the duplicate reward configs")
         if weights is None:
             weights = [1.0] * len(modules)
         if len(weights) != len(modules):
             raise ValueError(f'model.reward_weights has {len(weights)} entries for '
-                             f'{len(modules)} rewards')
+                             f'{len(modules)} rewards {names}; give one weight per reward')
+        bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))
+               or w != w]
+        if bad:
+            raise TypeError(f'model.reward_weights must be numbers (one per reward), got '
+                            f'{bad[0]!r} ({type(bad[0]).__name__})')
         if normalize not in _NORMALISE:
-            raise ValueError(f"reward normalize='{normalize}' is unknown; use one of {_NORMALISE}")
+            raise ValueError(f"reward normalize='{normalize}' is unknown (model.reward_normalize); "
+                             f'use one of {_NORMALISE}.{did_you_mean(normalize, _NORMALISE)}')
         self.rewards = nn.ModuleList(modules)
         for reward in self.rewards:
             reward.requires_grad_(False)
@@ -57,6 +71,8 @@ class RewardCombiner(nn.Module):
         self.register_buffer('running_mean', torch.zeros(len(modules)))
         self.register_buffer('running_var', torch.ones(len(modules)))
         self.register_buffer('running_initialised', torch.zeros((), dtype=torch.bool))
+        #: reward name -> how many of its scores were NaN/inf in the last :meth:`score` call
+        self.last_nonfinite: dict[str, int] = {}
 
     @property
     def names(self) -> list[str]:
@@ -85,7 +101,7 @@ class RewardCombiner(nn.Module):
             return ((grouped - mean) / (std + self.eps)).view_as(raw)
         if update:
             with torch.no_grad():
-                mean, var = raw.mean(1), raw.var(1, unbiased=False)
+                mean, var = mean_var_over_ranks(raw.to(self.running_mean))
                 if not bool(self.running_initialised):
                     self.running_mean.copy_(mean)
                     self.running_var.copy_(var)
@@ -109,7 +125,11 @@ class RewardCombiner(nn.Module):
         Running statistics are only updated when every score is finite.
         """
         raw = torch.stack([self._run(r, images, prompts) for r in self.rewards])
-        finite = bool(torch.isfinite(raw).all())
+        bad = (~torch.isfinite(raw)).sum(1).tolist()
+        self.last_nonfinite = {name: int(n) for name, n in zip(self.names, bad) if n}
+        finite = not self.last_nonfinite
+        if self.normalize == 'running' and update_stats:  # all ranks update together, or none
+            finite = all_ranks_true(finite, raw.device)
         normalised = self._normalise(raw, group_size, update=update_stats and finite)
         combined = self._combine(normalised, list(range(len(self.rewards))))
         return combined, {name: raw[k] for k, name in enumerate(self.names)}
@@ -153,6 +173,11 @@ class RewardCombiner(nn.Module):
             groups = index // group_size
             stats[name] = (grouped.mean(-1)[groups], grouped.std(-1, unbiased=False)[groups])
         return stats
+
+    def nonfinite_summary(self) -> str:
+        """Which rewards gave NaN/inf in the last :meth:`score`, for messages ('' if none)."""
+        return ', '.join(f"reward '{name}' ({n} non-finite score{'s' if n > 1 else ''})"
+                         for name, n in self.last_nonfinite.items())
 
     def warn_non_differentiable(self) -> list[str]:
         """Names of the rewards that cannot give a decoder gradient (warned about once)."""
