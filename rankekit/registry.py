@@ -22,6 +22,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPP
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
@@ -105,6 +106,8 @@ VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, scope=SCOPE,
                        locations=['rankekit.engine'])
 VISBACKENDS = Registry('vis_backend', parent=MMENGINE_VISBACKENDS, scope=SCOPE,
                        locations=['rankekit.engine'])
+# runners (``runner_type`` of a config): SafeRunner, with crash-safe checkpoints
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope=SCOPE, locations=['rankekit.engine'])
 
 #: The registries ``rankekit list`` shows, by the name a user types.
 ALL_REGISTRIES = {
@@ -118,6 +121,7 @@ ALL_REGISTRIES = {
     'losses': LOSSES,
     'feature_extractors': FEATURE_EXTRACTORS,
     'models': MODELS,
+    'model_wrappers': MODEL_WRAPPERS,
     'datasets': DATASETS,
     'transforms': TRANSFORMS,
     'hooks': HOOKS,

@@ -1,11 +1,13 @@
 # Runtime shared by every rankekit config: scope, logging, checkpoints, hooks, environment.
 default_scope = 'rankekit'
+# crash-safe checkpoints: atomic writes, finite weights, --resume auto skips incomplete files
+runner_type = 'SafeRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=3,
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=3,
                     save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 custom_hooks = [dict(type='RichProgressHook')]

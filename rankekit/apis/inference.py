@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -28,8 +29,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 
-from rankekit.apis.config import DictAction, default_work_dir, load_config
+from rankekit.apis.config import (DictAction, default_work_dir, load_config,
+                                  run_reporting_errors)
 
 CHOICES = ('online', 'ema', 'base')
 #: trained vs initial tokens x EMA vs initial decoder: ``online:base`` shows what better tokens
@@ -78,23 +81,21 @@ def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a work dir: its ``last_checkpoint``, else its newest ``iter_N.pth``."""
+    """A checkpoint file, or a work dir: its newest complete checkpoint (as ``--resume auto``
+    chooses it: ``last_checkpoint`` if its target is complete, else the newest complete
+    ``iter_N.pth``)."""
+    from rankekit.utils.checkpoint import find_resume_checkpoint
     path = Path(path).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        pointer = path / 'last_checkpoint'
-        if pointer.is_file():
-            target = Path(pointer.read_text().strip())
-            target = target if target.is_absolute() else path / target
-            if target.is_file():
-                return target
-        numbered = sorted(path.glob('iter_*.pth'),
-                          key=lambda p: int(re.sub(r'\D', '', p.stem) or 0))
-        if numbered:
-            return numbered[-1]
-        raise FileNotFoundError(f'work dir {path} holds no checkpoint (no last_checkpoint, no '
-                                f'iter_N.pth); train first or give the checkpoint file')
+        found, note = find_resume_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f'work dir {path} holds no checkpoint (no last_checkpoint, no '
+                                    f'iter_N.pth); train first or give the checkpoint file')
+        if note:
+            print_log(note, logger='current', level=logging.WARNING)
+        return Path(found)
     raise FileNotFoundError(f'checkpoint {path} does not exist (give an iter_N.pth file or a work '
                             f'dir)')
 
@@ -167,6 +168,15 @@ def sampling_settings(model, overrides: dict | None = None) -> dict:
             raise KeyError(f'unknown sampling setting {key!r}; use {SAMPLING_KEYS}')
         if value is not None:
             settings[key] = value
+    vocab = getattr(getattr(model, 'policy', None), 'vocab_size', None)
+    if isinstance(vocab, int):  # before sampling starts, with the option names
+        from rankekit.policies.sampling import check_sampling_args
+        try:
+            check_sampling_args(vocab, settings['temperature'], settings['top_k'],
+                                settings['top_p'])
+        except ValueError as exc:
+            raise ValueError(f'sampling settings (--temperature / --top-k / --top-p, default: '
+                             f"the config's model.rollout): {exc}") from None
     return settings
 
 
@@ -508,8 +518,9 @@ def run_test(args: argparse.Namespace) -> dict:
     """Everything ``tools/test.py`` does; returns the written metrics dict."""
     started = time.time()
     device = args.device or _default_device()
-    model, cfg, info = load_model(args.config, args.checkpoint, args.cfg_options, device)
+    # the options first: a typo fails before the model is built
     combos = parse_combos(args.combos or (['base:base'] if args.base else DEFAULT_COMBOS))
+    model, cfg, info = load_model(args.config, args.checkpoint, args.cfg_options, device)
     dataset = prompt_dataset(cfg, args.prompt_file)
     batch_size = args.batch_size or int((cfg.get('val_dataloader') or {}).get('batch_size', 50))
     sampling = sampling_settings(model, _sampling_overrides(args))
@@ -550,8 +561,9 @@ def run_test(args: argparse.Namespace) -> dict:
 
 
 def evaluate_main(argv=None) -> int:
-    run_test(parse_test_args(argv))
-    return 0
+    """``tools/test.py``; a bad config, option or file is one ``error:`` line and exit code 2."""
+    args = parse_test_args(argv)
+    return run_reporting_errors(lambda: run_test(args))
 
 
 def parse_sample_args(argv=None) -> argparse.Namespace:
@@ -613,5 +625,6 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
 
 
 def sample_main(argv=None) -> int:
-    run_sample(parse_sample_args(argv))
-    return 0
+    """``tools/sample.py``; a bad config, option or file is one ``error:`` line and exit code 2."""
+    args = parse_sample_args(argv)
+    return run_reporting_errors(lambda: run_sample(args))

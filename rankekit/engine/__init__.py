@@ -5,11 +5,13 @@ from .hooks import CoEvolutionHook
 from .monitors import CovariateShiftMonitorHook, ImageGridHook
 from .optim_constructor import MultiOptimWrapperConstructor, optimizable_parts
 from .progress import RichProgressHook
+from .runner import SafeCheckpointHook, SafeRunner
 from .schedules import Schedule, build_schedule
 from .summary import TrainingSummaryHook
 
 register_runner_checkpoint_loader()
 
 __all__ = ['CoEvolutionHook', 'CovariateShiftMonitorHook', 'ImageGridHook',
-           'MultiOptimWrapperConstructor', 'RichProgressHook', 'Schedule', 'TrainingSummaryHook',
+           'MultiOptimWrapperConstructor', 'RichProgressHook', 'SafeCheckpointHook', 'SafeRunner',
+           'Schedule', 'TrainingSummaryHook',
            'build_schedule', 'optimizable_parts']
