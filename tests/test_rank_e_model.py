@@ -112,16 +112,24 @@ def test_non_finite_loss_skips_only_that_update():
     assert all(p.grad is None or not p.grad.abs().sum() for p in model.policy.parameters())
 
 
-def test_non_differentiable_reward_drops_decoder_term_with_one_warning():
-    model, optim = build(rewards=[dict(type='RednessReward', differentiable=False)],
+def test_non_differentiable_reward_with_decoder_reward_weight_is_refused_at_build():
+    with pytest.raises(ValueError, match=r'reward_weight=0.1 needs a differentiable reward.*'
+                                         r"\['redness_reward'\]"):
+        build(rewards=[dict(type='RednessReward', differentiable=False)],
+              decoder_cfg=dict(reward_weight=0.1))
+
+
+def test_a_non_differentiable_reward_beside_a_differentiable_one_is_warned_about_once():
+    model, optim = build(rewards=[dict(type='RednessReward', name='grad'),
+                                  dict(type='RednessReward', differentiable=False, name='nograd')],
                          decoder_cfg=dict(reward_weight=0.1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         logs = model.train_step(batch(), optim)
         model.train_step(batch(), optim)
     messages = [str(w.message) for w in caught if 'not differentiable' in str(w.message)]
-    assert len(messages) == 1
-    assert 'decoder/reward' not in logs and float(logs['decoder/reward_term_dropped']) == 1
+    assert len(messages) == 1 and "['nograd']" in messages[0]
+    assert 'decoder/reward' in logs
 
 
 def test_generate_combos_and_predict():

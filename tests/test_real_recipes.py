@@ -597,11 +597,7 @@ def test_real_config_builds_from_dummy_files_and_runs_one_iteration(name, assets
     assert torch.equal(model.perceptual.lpips.net.slice1[0].weight,
                        written['vgg']['features.0.weight'])
 
-    if 'hpsv2' in name:  # released HPS runs score without gradients: the reward term is dropped
-        with pytest.warns(UserWarning, match=r"\['hpsv2'\] are not differentiable"):
-            runner.train()
-    else:
-        runner.train()
+    runner.train()
     assert runner.iter == 1 and (tmp_path / 'iter_1.pth').is_file()
     assert int(model.skipped_nonfinite) == 0 and int(model.policy_steps) == 1
     changed = any(not torch.equal(a, b) for a, b in
@@ -615,8 +611,8 @@ def test_real_config_builds_from_dummy_files_and_runs_one_iteration(name, assets
     else:
         assert int(model.decoder_steps) == 1 and decoder_moved
         assert 'train/decoder/rank_gan' in scalars and 'train/disc/loss' in scalars
-    if 'hpsv2' in name:
-        assert 'train/decoder/reward_term_dropped' in scalars
+    if 'hpsv2' in name:  # released HPS runs score without gradients: no decoder reward term
+        assert model.decoder_cfg['reward_weight'] == 0.0 and 'train/decoder/reward' not in scalars
     elif not name.startswith('grpo'):
         assert 'train/decoder/reward' in scalars
     if name == 'ranke_llamagen-xl_clip':  # the checkpoint feeds the evaluation tools

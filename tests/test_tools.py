@@ -270,14 +270,16 @@ def test_test_tool_metrics_per_combo_and_seed(trained, tmp_path):
             results['base:base']['per_seed'][seed], rel=1e-5)
 
 
-def test_test_tool_argument_errors(trained):
+def test_test_tool_argument_errors(trained, capsys):
     cfg_file, work_dir = trained
     with pytest.raises(SystemExit):
         evaluate_main([str(cfg_file)])  # neither a checkpoint nor --base
-    with pytest.raises(ValueError, match="combo 'online' is not POLICY:DECODER"):
-        evaluate_main([str(cfg_file), str(work_dir), '--combos', 'online', '--no-progress'])
-    with pytest.raises(ValueError, match='--num 9: the prompt set has 8 prompts'):
-        evaluate_main([str(cfg_file), str(work_dir), '--num', '9', '--no-progress'])
+    capsys.readouterr()
+    assert evaluate_main([str(cfg_file), str(work_dir), '--combos', 'online',
+                          '--no-progress']) == 2
+    assert "error: combo 'online' is not POLICY:DECODER" in capsys.readouterr().err
+    assert evaluate_main([str(cfg_file), str(work_dir), '--num', '9', '--no-progress']) == 2
+    assert 'error: --num 9: the prompt set has 8 prompts' in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_config_is_a_clear_error(trained, tmp_path):

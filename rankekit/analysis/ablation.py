@@ -39,6 +39,30 @@ def select_columns(names: Sequence[str], patterns: Sequence[str] | None) -> list
     return chosen
 
 
+def check_request(groups: Sequence[RunGroup], names: set[str], metrics: Sequence[str] | None,
+                  combos: Sequence[str], use_test: bool) -> None:
+    """A ValueError for a combo that is not POLICY:DECODER or that no run's tools/test.py result
+    has, and for a --metrics pattern that matches no metric (a typo would drop the column)."""
+    from rankekit.apis.inference import parse_combo
+    from rankekit.utils.build import did_you_mean
+    for combo in combos:
+        parse_combo(combo)
+    tested = {c for g in groups for r in g.runs if use_test and r.test
+              for c in (r.test.get('results') or {})}
+    missing = [c for c in combos if tested and c not in tested]
+    if missing:
+        raise ValueError(f'--combos {" ".join(missing)}: no tools/test.py result of these runs '
+                         f'has that combo; they have {sorted(tested)}')
+    if metrics is None or list(metrics) == ['all']:
+        return
+    for pattern in metrics:
+        if not select_columns(names, [pattern]):
+            bare = sorted({n.split(' [')[0] for n in names})
+            raise ValueError(f'--metrics {pattern!r} matches no metric of these runs.'
+                             f'{did_you_mean(pattern, bare)} Available: {bare} (globs work, e.g. '
+                             f"'fid/*'; 'all' shows every metric)")
+
+
 def _cell(text: str) -> str:
     return str(text).replace('|', '\\|')
 
@@ -58,6 +82,7 @@ def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence
     from rankekit.utils.config_diff import format_diff
     per_run = [[r.metrics(combos, use_summary, use_test) for r in g.runs] for g in groups]
     names = {k for runs in per_run for m in runs for k in m}
+    check_request(groups, names, metrics, combos, use_test)
     columns = select_columns(names, metrics)
     common = common_changes(groups)
     header = ['config', f'changes vs {base_name}', 'seeds', *columns, 'wall time (min)']
@@ -189,10 +214,14 @@ def build_table(args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
+    """The command line; a bad run, option or metric is one ``error:`` line and exit code 2."""
+    from rankekit.apis.config import run_reporting_errors
     args = parse_args(argv)
-    table = build_table(args)
-    print(table, end='')
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table)
-    return 0
+
+    def body():
+        table = build_table(args)
+        print(table, end='')
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(table)
+    return run_reporting_errors(body)

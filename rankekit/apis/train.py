@@ -6,7 +6,8 @@ import os
 import os.path as osp
 import sys
 
-from rankekit.apis.config import DictAction, default_work_dir, load_config
+from rankekit.apis.config import (DictAction, check_config, check_train_cfg, default_work_dir,
+                                  load_config, remove_setup_leftovers, work_dir_entries)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -17,7 +18,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '(default: work_dirs/<config stem>)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help="resume training: 'auto' (the default when the flag has no value) "
-                        'takes the latest checkpoint of the work dir; or give a checkpoint path')
+                        'takes the newest complete checkpoint of the work dir; or give a '
+                        'checkpoint path')
+    parser.add_argument('--resume-any-config', action='store_true',
+                        help='resume even if the config differs from the one the checkpoint was '
+                        'trained with in keys that change the experiment (model, optimizer, '
+                        'data, ...); by default that is an error')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (needs a GPU)')
     parser.add_argument('--seed', type=int, default=None,
@@ -45,10 +51,65 @@ def _enable_amp(cfg) -> None:
         part.setdefault('loss_scale', 'dynamic')
 
 
+def _is_rank_e_model(model) -> bool:
+    """Whether a model config builds a RankEModel (or a subclass)."""
+    if not isinstance(model, dict) or 'type' not in model:
+        return False
+    from rankekit.models import RankEModel
+    from rankekit.registry import MODELS
+    cls = MODELS.get(model['type']) if isinstance(model['type'], str) else model['type']
+    return isinstance(cls, type) and issubclass(cls, RankEModel)
+
+
+def _setup_distributed(cfg, launcher: str) -> None:
+    """A distributed launch: gloo where no GPU is visible (the base runtime says nccl), and the
+    RankE data-parallel wrapper for a RankEModel whose config names no wrapper."""
+    import torch
+    if not torch.cuda.is_available():
+        if launcher != 'pytorch':
+            raise RuntimeError(f'--launcher {launcher} needs CUDA GPUs and none is visible; on '
+                               'CPU start the ranks with torchrun and --launcher pytorch (gloo)')
+        env_cfg = dict(cfg.get('env_cfg') or {})
+        env_cfg['dist_cfg'] = {**(env_cfg.get('dist_cfg') or {}), 'backend': 'gloo'}
+        cfg.env_cfg = env_cfg
+    if not _is_rank_e_model(cfg.get('model')):
+        return
+    wrapper = cfg.get('model_wrapper_cfg')
+    if not wrapper:
+        cfg.model_wrapper_cfg = dict(type='rankekit.RankEDataParallel')
+        return
+    from mmengine.registry import MODEL_WRAPPERS as ROOT_WRAPPERS
+
+    from rankekit.models import RankEDataParallel
+    name = wrapper.get('type', 'MMDistributedDataParallel')
+    cls = ROOT_WRAPPERS.get(name) if isinstance(name, str) else name
+    if not (isinstance(cls, type) and issubclass(cls, RankEDataParallel)):
+        raise ValueError(f'model_wrapper_cfg.type={name!r} cannot train a RankEModel (it runs its '
+                         "own train_step); use model_wrapper_cfg=dict(type='rankekit."
+                         "RankEDataParallel') (with the 'rankekit.' scope: MMEngine looks "
+                         'wrappers up in its root registry) or leave model_wrapper_cfg unset')
+
+
+def _check_strategy(cfg) -> None:
+    """RankEModel trains with its own train_step and three optimizers, which MMEngine's
+    FlexibleRunner strategies (FSDP, DeepSpeed: forward(mode='loss'), one optimizer) cannot run."""
+    flexible = cfg.get('strategy') is not None or cfg.get('runner_type') == 'FlexibleRunner'
+    if flexible and _is_rank_e_model(cfg.get('model')):
+        raise ValueError('RankEModel cannot train under runner_type/strategy (MMEngine '
+                         "FlexibleRunner: FSDP, DeepSpeed train through forward(mode='loss') with "
+                         'one optimizer); remove runner_type and strategy from the config. RankE '
+                         'scales data parallel: torchrun ... tools/train.py CONFIG --launcher '
+                         'pytorch (see docs/distributed.md)')
+
+
 def setup_cfg(args: argparse.Namespace):
     """Apply the command-line options to the config (no side effects besides plugin imports)."""
     cfg = load_config(args.config, args.cfg_options)
+    check_config(cfg)  # types, keys and values, before anything is built or written
     cfg.launcher = args.launcher
+    _check_strategy(cfg)
+    if args.launcher != 'none':
+        _setup_distributed(cfg, args.launcher)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -66,6 +127,10 @@ def setup_cfg(args: argparse.Namespace):
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint file')
         cfg.resume = True
         cfg.load_from = args.resume
+    if getattr(args, 'resume_any_config', False):
+        if args.resume is None:
+            raise ValueError('--resume-any-config only applies together with --resume')
+        cfg.resume_any_config = True
     randomness = dict(cfg.get('randomness') or {})
     if args.seed is not None:
         randomness['seed'] = args.seed
@@ -77,15 +142,22 @@ def setup_cfg(args: argparse.Namespace):
 
 
 def build_runner(cfg):
-    """An MMEngine Runner (or ``cfg.runner_type``) for a prepared config."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
+    """A :class:`~rankekit.engine.runner.SafeRunner` (or ``cfg.runner_type``) for a prepared
+    config, once the work dir is known to be writable."""
+    from rankekit.engine.runner import check_work_dir
+    from rankekit.registry import RUNNERS
     from rankekit.utils.checkpoint import register_runner_checkpoint_loader
     register_runner_checkpoint_loader()
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    check_work_dir(cfg.work_dir)  # before anything heavy
+    if cfg.get('launcher') == 'pytorch':  # no GPU: start gloo here (MMEngine would need CUDA)
+        from rankekit.utils.distributed import init_cpu_process_group
+        init_cpu_process_group((cfg.get('env_cfg') or {}).get('dist_cfg'))
+    name = cfg.get('runner_type', 'SafeRunner')
+    runner_cls = RUNNERS.get(name) if isinstance(name, str) else name
+    if runner_cls is None:
+        raise KeyError(f"runner_type='{name}' is not a registered runner; use 'SafeRunner' "
+                       f"(the default), 'Runner' or 'FlexibleRunner'")
+    return runner_cls.from_cfg(cfg)
 
 
 #: errors of a bad config or missing file while setting up: reported in one line, not a traceback
@@ -96,10 +168,19 @@ def main(argv=None) -> int:
     """Train; a bad config or missing file at set-up is one ``error:`` line and exit code 2
     (set RANKEKIT_DEBUG=1 for the traceback). Errors during training raise as usual."""
     args = parse_args(argv)
+    cfg = before = None
     try:
         cfg = setup_cfg(args)
+        check_train_cfg(cfg.get('train_cfg'), training=True)  # max_iters=0 would train nothing
+        before = work_dir_entries(cfg.work_dir)
         runner = build_runner(cfg)
+        # the data and the optimizers too: their errors are set-up errors (no iteration ran)
+        runner.train_loop  # noqa: B018 - the property builds the loop and its dataloader
+        if hasattr(runner, 'build_optim_wrapper'):  # a FlexibleRunner builds it in its strategy
+            runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     except SETUP_ERRORS as exc:
+        if cfg is not None:
+            remove_setup_leftovers(cfg.work_dir, before)
         if os.environ.get('RANKEKIT_DEBUG'):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)

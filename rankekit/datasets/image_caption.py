@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
 import os.path as osp
 import re
 import tarfile
@@ -253,9 +254,36 @@ class ImageCaptionFolder(_CaptionDataset):
 
     def load_data_list(self) -> list[dict]:
         folder = self.data_prefix.get('img_path', '')
-        return [dict(img_path=osp.join(folder, name), caption=caption)
-                for name, caption in read_captions_file(self.ann_file, self.file_key,
-                                                        self.caption_key)]
+        items = [dict(img_path=osp.join(folder, name), caption=caption)
+                 for name, caption in read_captions_file(self.ann_file, self.file_key,
+                                                         self.caption_key)]
+        self._check_image_folder(folder, items)
+        return items
+
+    def _check_image_folder(self, folder: str, items: list[dict], probe: int = 8) -> None:
+        """Fail at build time when the images cannot be where the captions file says (a wrong
+        ``data_root`` / ``image_prefix``, an empty folder), rather than skipping every sample."""
+        loaders = [t for t in self.pipeline.transforms if _is_loader(t)]
+        if not loaders or getattr(loaders[0], 'backend_args', None) is not None:
+            return  # remote storage: not checked here
+        fix = (f'check data_root={self.data_root!r} and image_prefix (the images are looked up '
+               f'as <data_root>/<image_prefix>/<{self.file_key}>)')
+        if folder and not osp.isdir(folder):
+            raise FileNotFoundError(f'ImageCaptionFolder: the image folder {folder} does not '
+                                    f'exist; {fix}')
+        head = items[:probe]
+        if any(osp.isfile(item['img_path']) for item in head):
+            return
+        if folder:
+            count = sum(1 for e in os.scandir(folder)
+                        if e.is_file() and e.name.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS)
+            state = 'holds no images' if count == 0 else f'holds {count} images'
+        else:
+            state = '(no image_prefix: paths are relative to the current directory)'
+        raise FileNotFoundError(
+            f'ImageCaptionFolder: none of the first {len(head)} images listed in {self.ann_file} '
+            f'exists (e.g. {head[0]["img_path"]}); the image folder {folder or "."} {state}. '
+            f'{fix[0].upper()}{fix[1:]}')
 
     def prepare_data(self, idx: int):
         info = self.get_data_info(idx)

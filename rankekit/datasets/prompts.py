@@ -111,7 +111,9 @@ def read_prompt_file(path: str | Path, caption_key: str = 'caption') -> list[str
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f'prompt file {path} does not exist')
+        where = '' if path.is_absolute() else f' (relative paths are read from {Path.cwd()})'
+        raise FileNotFoundError(f'prompt file {path} does not exist{where}; check the path given '
+                                f'as file= of the prompt dataset or as --prompt-file')
     suffix = path.suffix.lower()
     if suffix not in ('.txt', '.jsonl'):
         raise ValueError(f'prompt file {path}: unsupported extension {suffix!r}; use .txt (one '

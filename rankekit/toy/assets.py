@@ -11,6 +11,9 @@ from pathlib import Path
 ASSET_DIR = Path(__file__).resolve().parent / 'assets'
 PREFIX = 'toy://'
 REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
+#: the files that command writes
+TOY_ASSETS = ('clip.pt', 'feature_net.pt', 'policy.pt', 'reward_classifier.pt', 'text_encoder.pt',
+              'vq.pt')
 
 
 class MissingToyAssetError(FileNotFoundError):
@@ -27,6 +30,14 @@ def toy_asset_path(name: str, must_exist: bool = True) -> Path:
         name = name[len(PREFIX):]
     path = ASSET_DIR / name
     if must_exist and not path.is_file():
+        if name not in TOY_ASSETS:  # a typo, not a missing file: rebuilding would not help
+            import difflib
+            close = difflib.get_close_matches(name, TOY_ASSETS, n=2)
+            hint = f" Did you mean {' or '.join(repr(PREFIX + c) for c in close)}?" if close else ''
+            raise MissingToyAssetError(
+                f"toy asset '{name}' is missing: it is not a toy asset name.{hint} The toy "
+                f'assets are {[PREFIX + a for a in TOY_ASSETS]} (`{REBUILD_COMMAND}` rebuilds '
+                f'them).')
         raise MissingToyAssetError(
             f"toy asset '{name}' is missing (expected at {path}). Rebuild the toy checkpoints "
             f'with `{REBUILD_COMMAND}` (about 20-30 min on 2 CPU cores), from the repository '
