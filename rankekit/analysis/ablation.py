@@ -69,10 +69,11 @@ def _cell(text: str) -> str:
 
 def common_changes(groups: Sequence[RunGroup]) -> dict:
     """Diff entries shared, with the same value, by every group (shown once, under the table)."""
-    if len(groups) < 2:
+    trained = [g for g in groups if not g.untrained]  # the base model changes nothing
+    if len(trained) < 2:
         return {}
-    first = groups[0].diff
-    return {k: v for k, v in first.items() if all(g.diff.get(k) == v for g in groups[1:])}
+    first = trained[0].diff
+    return {k: v for k, v in first.items() if all(g.diff.get(k) == v for g in trained[1:])}
 
 
 def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence[str] | None = None,
@@ -90,7 +91,9 @@ def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence
              '|' + '|'.join(['---'] * 3 + ['---:'] * (len(columns) + 1)) + '|']
     for group, runs in zip(groups, per_run):
         own = {k: v for k, v in group.diff.items() if k not in common}
-        cells = [group.name, format_diff(own, limit=limit), str(len(group.runs))]
+        changes = 'no training (`tools/test.py --base`)' if group.untrained else \
+            format_diff(own, limit=limit)
+        cells = [group.name, changes, str(len(group.runs))]
         for column in columns:
             values = [m[column] for m in runs if column in m]
             cells.append(format_mean_std(*mean_std(values)) if values else '–')
@@ -208,7 +211,8 @@ def build_table(args: argparse.Namespace) -> str:
         base_path = Path(args.base)
         base_path = find_config(base_path) if base_path.is_dir() else base_path
     base_cfg = load_config(str(base_path))
-    groups = group_runs(runs, base_cfg)
+    # metrics from tools/test.py only: the runs' own evaluation settings do not matter
+    groups = group_runs(runs, base_cfg, ignore_evaluation=args.no_summary)
     return ablation_table(groups, base_path.stem, args.metrics, args.combos,
                           use_summary=not args.no_summary, use_test=not args.no_test)
 

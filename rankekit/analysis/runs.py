@@ -22,6 +22,9 @@ from rankekit.utils.config_diff import IGNORED, config_diff, format_diff
 
 #: keys that differ between runs of one experiment without changing it
 RUN_ONLY_KEYS = ('randomness.seed', 'resume', 'load_from')
+#: the in-training evaluation protocol: not part of what a run trained (see experiment_diff)
+EVALUATION_KEYS = ('val_evaluator', 'val_dataloader', 'val_cfg', 'test_evaluator',
+                   'test_dataloader', 'test_cfg')
 _LOG_TIME = re.compile(r'^(\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}) - ')
 _TIMESTAMP_DIR = re.compile(r'^\d{8}_\d{6}$')
 
@@ -129,7 +132,14 @@ class Run:
     wall_time_s: float | None = None
 
     @property
+    def untrained(self) -> bool:
+        """A ``tools/test.py --base`` result: the config's initial model, no training."""
+        return bool(self.test and self.test.get('base'))
+
+    @property
     def name(self) -> str:
+        if self.untrained:
+            return 'base model'
         return self.config_file.stem if self.config_file else self.work_dir.name
 
     def metrics(self, combos: Sequence[str] = ('online:ema',), use_summary: bool = True,
@@ -140,8 +150,11 @@ class Run:
         if use_summary and self.summary:
             out.update({k: float(v) for k, v in (self.summary.get('evaluation') or {}).items()})
         if use_test and self.test:
+            results = self.test.get('results') or {}
             for combo in combos:
-                result = (self.test.get('results') or {}).get(combo)
+                # untrained: every policy and decoder is the base one (e.g. base:base)
+                result = (next(iter(results.values()), None) if self.untrained
+                          else results.get(combo))
                 if result is not None:
                     out.update({f'{k} [{combo}]': float(v)
                                 for k, v in result.get('mean', {}).items() if v is not None})
@@ -149,9 +162,19 @@ class Run:
 
 
 def load_run(work_dir: str | Path, test_pattern: str | None = 'test_*/metrics.json') -> Run:
-    """Read everything a work dir holds about its run."""
+    """Read everything a work dir holds about its run; a ``tools/test.py --base`` output folder
+    (its ``metrics.json``) stands for the untrained base model of the config it names."""
     from rankekit.apis.config import load_config
     work_dir = Path(work_dir)
+    record_path = work_dir / 'metrics.json'
+    record = read_json(record_path) if record_path.is_file() else {}
+    if record.get('base'):
+        config_file = Path(record['config'])
+        if not config_file.is_file():
+            raise FileNotFoundError(f'{record_path} evaluates the base model of {config_file}, '
+                                    f'which does not exist (run from the folder it was made in)')
+        return Run(work_dir=work_dir, config_file=config_file,
+                   cfg=load_config(str(config_file)), test=record | dict(_path=str(record_path)))
     config_file = find_config(work_dir)
     summary_path = work_dir / 'summary.json'
     return Run(work_dir=work_dir, config_file=config_file,
@@ -161,10 +184,17 @@ def load_run(work_dir: str | Path, test_pattern: str | None = 'test_*/metrics.js
                wall_time_s=wall_time_s(work_dir))
 
 
-def experiment_diff(base, cfg) -> dict[str, tuple]:
-    """:func:`config_diff` without the keys that only differ between runs (seed, resume)."""
+def experiment_diff(base, cfg, ignore_evaluation: bool = False) -> dict[str, tuple]:
+    """:func:`config_diff` without the keys that only differ between runs (seed, resume).
+
+    ``ignore_evaluation`` also drops the in-training evaluation settings (``val_*``/``test_*``):
+    right when the metrics come from ``tools/test.py`` (one protocol, the config given to it),
+    wrong when they come from each run's own ``summary.json``.
+    """
     diff = config_diff(base, cfg, ignore=IGNORED)
-    return {k: v for k, v in diff.items() if k not in RUN_ONLY_KEYS}
+    drop = lambda key: key in RUN_ONLY_KEYS or (  # noqa: E731
+        ignore_evaluation and re.split(r'[.\[]', key, maxsplit=1)[0] in EVALUATION_KEYS)
+    return {k: v for k, v in diff.items() if not drop(k)}
 
 
 @dataclass
@@ -175,16 +205,20 @@ class RunGroup:
     diff: dict
     runs: list = field(default_factory=list)
 
+    @property
+    def untrained(self) -> bool:
+        return all(run.untrained for run in self.runs)
+
     def label(self, limit: int = 6) -> str:
         return format_diff(self.diff, limit=limit)
 
 
-def group_runs(runs: Sequence[Run], base_cfg) -> list[RunGroup]:
+def group_runs(runs: Sequence[Run], base_cfg, ignore_evaluation: bool = False) -> list[RunGroup]:
     """Runs with the same config name and the same diff to ``base_cfg`` form one group (their
     seeds); groups keep the order in which their first run was given."""
     groups: dict[tuple, RunGroup] = {}
     for run in runs:
-        diff = experiment_diff(base_cfg, run.cfg)
+        diff = {} if run.untrained else experiment_diff(base_cfg, run.cfg, ignore_evaluation)
         key = (run.name, repr(sorted(diff.items())))
         groups.setdefault(key, RunGroup(run.name, diff)).runs.append(run)
     return list(groups.values())

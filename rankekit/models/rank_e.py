@@ -39,7 +39,7 @@ from rankekit.utils.distributed import (all_ranks_true, average_gradients_, aver
 _DECODE_WITH = ('online', 'ema', 'base')
 
 DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
-                       top_k=0, top_p=1.0, decode_with='ema', seed=0)
+                       top_k=0, top_p=1.0, decode_with='ema', seed=None)
 DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10)
 DEFAULT_DECODER = dict(
     ema_decay=0.99,
@@ -116,7 +116,7 @@ class RankEModel(BaseModel):
         discriminator: MODELS config (PatchGAN) or None (no adversarial terms).
         rollout: group_size (G), cfg_scale, cfg_first_n, temperature, top_k, top_p,
             decode_with ('ema' | 'online' | 'base': the decoder that renders rollouts for the
-            rewards), seed (the rollout RNG, checkpointed).
+            rewards), seed (the rollout RNG, checkpointed; None: the run's seed).
         policy_cfg: inner_epochs (PPO epochs on one rollout), ema_decay, ema_interval (policy
             steps between EMA updates; ema_decay=None keeps no policy EMA).
         decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
@@ -209,7 +209,11 @@ class RankEModel(BaseModel):
         self.register_buffer('consecutive_skips', torch.zeros((), dtype=torch.long))
         # the rollout RNG lives in a buffer so that checkpoints carry it (MMEngine's saver
         # ignores nn.Module extra state): resumed runs draw the same rollouts
-        self._rollout_generator = torch.Generator().manual_seed(int(self.rollout_cfg['seed']))
+        # rollout seed None: the run's seed (the Runner seeds torch before building the model),
+        # so --seed / randomness.seed changes the rollouts as well
+        seed = self.rollout_cfg['seed']
+        self._rollout_generator = torch.Generator().manual_seed(
+            torch.initial_seed() if seed is None else int(seed))
         self.register_buffer('rollout_rng_state', self._rollout_generator.get_state())
         self._register_state_dict_hook(_drop_frozen_keys)
         self._register_load_state_dict_pre_hook(_fill_frozen_keys, with_module=True)

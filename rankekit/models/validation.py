@@ -97,7 +97,8 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
     check_number(rollout['top_p'], f'{r}.top_p', low=0.0, high=1.0, low_open=True,
                  why=' (1 = no nucleus filtering)')
     check_choice(rollout['decode_with'], f'{r}.decode_with', _DECODE_WITH)
-    check_int(rollout['seed'], f'{r}.seed', low=0)
+    if rollout['seed'] is not None:  # None: the run's seed
+        check_int(rollout['seed'], f'{r}.seed', low=0)
 
     p = f'{where}.policy_cfg'
     check_int(policy_cfg['inner_epochs'], f'{p}.inner_epochs', low=1)

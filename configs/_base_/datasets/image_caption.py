@@ -20,7 +20,7 @@ train_pipeline = [
 train_dataloader = dict(
     batch_size=4,  # prompts per GPU and step (x G rollouts each)
     num_workers=4,
-    sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
+    sampler=dict(type='DefaultSampler', shuffle=True),  # seeded by the run's seed
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='ImageCaptionFolder', data_root=data_root,
                  captions_file='annotations/captions_train2014.json', image_prefix='train2014',

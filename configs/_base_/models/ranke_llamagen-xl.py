@@ -27,7 +27,7 @@ model = dict(
     # G=8 rollouts per prompt, CFG 6, temperature 1, top-k 1000, all 256 tokens; the EMA decoder
     # renders them for the reward
     rollout=dict(group_size=8, cfg_scale=6.0, cfg_first_n=None, temperature=1.0, top_k=1000,
-                 top_p=1.0, decode_with='ema', seed=0),
+                 top_p=1.0, decode_with='ema'),
     # one PPO epoch per rollout; policy EMA 0.999 updated every 10 policy steps
     policy_cfg=dict(inner_epochs=1, ema_decay=0.999, ema_interval=10),
     decoder_cfg=dict(

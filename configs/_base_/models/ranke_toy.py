@@ -18,7 +18,7 @@ model = dict(
     discriminator=dict(type='PatchGANDiscriminator', ndf=32, n_layers=2),
     # the toy policy samples best without guidance (measured: model_zoo.md); real recipes use CFG
     rollout=dict(group_size=8, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
-                 decode_with='ema', seed=0),
+                 decode_with='ema'),
     policy_cfg=dict(inner_epochs=1, ema_decay=0.999, ema_interval=10),
     decoder_cfg=dict(ema_decay=0.99, l1_weight=1.0, perceptual_weight=1.0, gan_weight=0.5,
                      disc_weight=0.5, disc_start=50, rank_gan_weight=1.0, reward_weight=0.01,
