@@ -216,3 +216,27 @@ def test_l2_fisher_anchor_on_the_policy_and_decoder():
     assert int(model.policy_anchor.fisher_count) == 2
     assert float(logs['policy/anchor']) > 0 and float(logs['decoder/anchor']) > 0
     assert any(k.startswith('policy_anchor.fisher_state.') for k in model.state_dict())
+
+
+def test_rollout_seed_none_follows_the_run_seed():
+    """rollout.seed=None (the toy and real recipes): the rollout RNG starts from the seed the
+    Runner gave torch, so runs with different --seed draw different rollouts."""
+    from rankekit.registry import MODELS
+    states = {}
+    for run_seed in (0, 1):
+        torch.manual_seed(run_seed)  # what the Runner's set_randomness does before build_model
+        model = MODELS.build(tiny_model_cfg(rollout=dict(group_size=4, seed=None)))
+        states[run_seed] = model.rollout_rng_state.clone()
+        assert torch.equal(states[run_seed],
+                           torch.Generator().manual_seed(run_seed).get_state())
+    assert not torch.equal(states[0], states[1])
+    model = MODELS.build(tiny_model_cfg(rollout=dict(group_size=4, seed=7)))  # explicit: kept
+    assert torch.equal(model.rollout_rng_state, torch.Generator().manual_seed(7).get_state())
+
+
+def test_toy_and_real_recipes_leave_seeds_to_the_run():
+    from rankekit.apis.config import load_config
+    for name in ('configs/ranke/ranke_toy.py', 'configs/ranke/ranke_llamagen-xl_clip.py'):
+        cfg = load_config(name)
+        assert cfg.model.rollout.get('seed') is None
+        assert cfg.train_dataloader.sampler.get('seed') is None  # MMEngine passes the run's seed
