@@ -425,6 +425,33 @@ def test_ablation_table_exact_markdown(fake_runs, tmp_path):
     assert every.splitlines()[3].split(' | ')[6] == '–'  # other/x: no anchor_l2 run has it
 
 
+def test_ablation_table_base_model_row_and_test_only_metrics(fake_runs, tmp_path):
+    """A tools/test.py --base folder is the untrained row (its base:base result fills every
+    combo); with --no-summary only test.py metrics count and evaluation settings do not split
+    a config's seeds into two groups."""
+    root, work_dirs = fake_runs
+    base = tmp_path / 'test_base'
+    base.mkdir()
+    (base / 'metrics.json').write_text(json.dumps(dict(
+        config=str(root / 'ranke_base.py'), base=True, checkpoint_iter=0,
+        results={'base:base': dict(mean={'fid/fid': 30.0})})))
+    # seed 1 of ranke_base evaluated in training with another protocol; both seeds have test.py
+    cfg_file = work_dirs[2] / 'ranke_base.py'
+    cfg_file.write_text(cfg_file.read_text() + "\nval_dataloader = dict(batch_size=3)\n")
+    (work_dirs[2] / 'test_iter_20').mkdir()
+    (work_dirs[2] / 'test_iter_20' / 'metrics.json').write_text(json.dumps(dict(
+        checkpoint_iter=20, results={'online:base': dict(mean={'fid/fid': 17.0})})))
+    out = tmp_path / 'table.md'
+    assert ablation_main([str(base), str(work_dirs[0]), str(work_dirs[2]), '--base',
+                          str(root / 'ranke_base.py'), '--combos', 'online:base',
+                          '--no-summary', '--out', str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == '| config | changes vs ranke_base | seeds | fid/fid [online:base] | wall time (min) |'
+    assert rows[2] == '| base model | no training (`tools/test.py --base`) | 1 | 30 | – |'
+    assert rows[3] == '| ranke_base | train_cfg.max_iters=20 | 2 | 16.0 ± 1.4 | 2.0 ± 1.4 |'  # 15, 17
+    assert len(rows) == 4
+
+
 def test_ablation_runs_missing_configs_in_their_own_process(tmp_path):
     cfg_file = tmp_path / 'tiny_clip.py'
     rewards = [dict(type='ClipScore', model_name='rankekit-toy-clip', pretrained=None)]
