@@ -446,9 +446,11 @@ def test_ablation_table_base_model_row_and_test_only_metrics(fake_runs, tmp_path
                           str(root / 'ranke_base.py'), '--combos', 'online:base',
                           '--no-summary', '--out', str(out)]) == 0
     rows = out.read_text().splitlines()
-    assert rows[0] == '| config | changes vs ranke_base | seeds | fid/fid [online:base] | wall time (min) |'
+    assert rows[0] == ('| config | changes vs ranke_base | seeds | fid/fid [online:base] | '
+                       'wall time (min) |')
     assert rows[2] == '| base model | no training (`tools/test.py --base`) | 1 | 30 | – |'
-    assert rows[3] == '| ranke_base | train_cfg.max_iters=20 | 2 | 16.0 ± 1.4 | 2.0 ± 1.4 |'  # 15, 17
+    # fid 15 and 17 -> 16 ± 1.414
+    assert rows[3] == '| ranke_base | train_cfg.max_iters=20 | 2 | 16.0 ± 1.4 | 2.0 ± 1.4 |'
     assert len(rows) == 4
 
 
