@@ -124,12 +124,12 @@ def plot_curves(groups: Sequence[RunGroup], keys: Sequence[str], out: str | Path
 
 
 def pareto_points(groups: Sequence[RunGroup], x_key: str, y_key: str,
-                  combos: Sequence[str] = ('online:ema',)) -> list[dict]:
+                  combos: Sequence[str] = ('online:ema',), use_summary: bool = True) -> list[dict]:
     """Per group: mean ± std over its runs of ``x_key`` and ``y_key`` (names as in the ablation
     table: ``summary.json`` metrics, or ``'name [policy:decoder]'`` from tools/test.py)."""
     points = []
     for group, label in zip(groups, group_labels(groups)):
-        metrics = [r.metrics(combos) for r in group.runs]
+        metrics = [r.metrics(combos, use_summary=use_summary) for r in group.runs]
         xs = [m[x_key] for m in metrics if x_key in m and y_key in m]
         ys = [m[y_key] for m in metrics if x_key in m and y_key in m]
         if not xs:
@@ -156,10 +156,11 @@ def pareto_front(points: Sequence[dict], maximize_x: bool = True,
 
 
 def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_score/mean',
-                y_key: str = 'fid/fid', combos: Sequence[str] = ('online:ema',)) -> Path:
+                y_key: str = 'fid/fid', combos: Sequence[str] = ('online:ema',),
+                use_summary: bool = True) -> Path:
     """CLIP (x, higher is better) against FID (y, lower is better), one point per group with
     ± std error bars over its seeds; the Pareto front joined by a dashed line."""
-    points = pareto_points(groups, x_key, y_key, combos)
+    points = pareto_points(groups, x_key, y_key, combos, use_summary)
     if not points:
         raise ValueError(f'no run has both {x_key!r} and {y_key!r} (summary.json evaluation or '
                          f'tools/test.py results); run the evaluation first or pick --x/--y')
@@ -205,6 +206,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='tools/test.py combos whose metrics may be used (names "m [combo]")')
     parser.add_argument('--base', help='config the runs are compared with for labels (default: '
                         "the first run's)")
+    parser.add_argument('--no-summary', action='store_true',
+                        help='Pareto metrics from tools/test.py only (not summary.json); the runs\' '
+                        'own evaluation settings then do not split their seeds into groups')
     return parser.parse_args(argv)
 
 
@@ -213,11 +217,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runs: list[Run] = [load_run(d) for d in args.work_dirs]
     base = load_config(args.base) if args.base else runs[0].cfg
-    groups = group_runs(runs, base)
+    groups = group_runs(runs, base, ignore_evaluation=args.no_summary)
     for group, label in zip(groups, group_labels(groups)):
         if label != group.name:
             print(f'{label}: {group.label(limit=20)}')
     print(f'curves: {plot_curves(groups, args.keys, args.out, args.smooth)}')
     if args.pareto:
-        print(f'pareto: {plot_pareto(groups, args.pareto, args.x, args.y, args.combos)}')
+        path = plot_pareto(groups, args.pareto, args.x, args.y, args.combos,
+                           use_summary=not args.no_summary)
+        print(f'pareto: {path}')
     return 0
