@@ -187,13 +187,15 @@ def load_run(work_dir: str | Path, test_pattern: str | None = 'test_*/metrics.js
 def experiment_diff(base, cfg, ignore_evaluation: bool = False) -> dict[str, tuple]:
     """:func:`config_diff` without the keys that only differ between runs (seed, resume).
 
-    ``ignore_evaluation`` also drops the in-training evaluation settings (``val_*``/``test_*``):
+    ``ignore_evaluation`` also drops the in-training evaluation settings (``val_*``/``test_*``,
+    ``train_cfg.val_interval``):
     right when the metrics come from ``tools/test.py`` (one protocol, the config given to it),
     wrong when they come from each run's own ``summary.json``.
     """
     diff = config_diff(base, cfg, ignore=IGNORED)
-    drop = lambda key: key in RUN_ONLY_KEYS or (  # noqa: E731
-        ignore_evaluation and re.split(r'[.\[]', key, maxsplit=1)[0] in EVALUATION_KEYS)
+    drop = lambda key: key in RUN_ONLY_KEYS or (ignore_evaluation and (  # noqa: E731
+        key == 'train_cfg.val_interval'
+        or re.split(r'[.\[]', key, maxsplit=1)[0] in EVALUATION_KEYS))
     return {k: v for k, v in diff.items() if not drop(k)}
 
 
