@@ -21,6 +21,13 @@ def test_config_diff_by_hand():
     assert config_diff(a, b) == {'model.extra': ('<absent>', True), 'model.lr': (1, 2),
                                  'model.parts[0].type': ('A', 'B')}
     assert format_diff(config_diff(a, b)) == 'model.extra=True, model.lr=2, model.parts[0].type=B'
+    # a sub-config set to None: its vanished keys are implied, not listed
+    c = dict(model=dict(lr=1, anchor=dict(type='EMA', weight=10.0)))
+    d = dict(model=dict(lr=1, anchor=None))
+    assert config_diff(c, d) == {'model.anchor': ('<absent>', None),
+                                 'model.anchor.type': ('EMA', '<absent>'),
+                                 'model.anchor.weight': (10.0, '<absent>')}
+    assert format_diff(config_diff(c, d)) == 'model.anchor=None'
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO / 'configs')))

@@ -41,7 +41,12 @@ def format_diff(diff: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
     """'model.decoder_anchor.type=KLAnchor, ...' (the other config's values), for tables."""
     if not diff:
         return '(same as base)'
+    # 'model.anchor=None' already says that 'model.anchor.type' etc. are gone
+    replaced = [k for k, v in diff.items() if v[1] != _MISSING]
+    shown = {k: v for k, v in diff.items()
+             if not (v[1] == _MISSING and any(k.startswith(r + '.') or k.startswith(r + '[')
+                                              for r in replaced))}
     items = [f'{k}={v[1]!r}' if not isinstance(v[1], str) else f'{k}={v[1]}'
-             for k, v in diff.items()]
+             for k, v in shown.items()]
     more = f' (+{len(items) - limit} more)' if len(items) > limit else ''
     return ', '.join(items[:limit]) + more
