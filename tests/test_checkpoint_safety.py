@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from rankekit.engine.runner import NonFiniteCheckpointError, ResumeConfigError
 from rankekit.registry import HOOKS
 from rankekit.utils.checkpoint import (NoCompleteCheckpointError, checkpoint_problem,
                                        find_resume_checkpoint, write_bytes_atomic)
-from tiny_components import tiny_model_cfg
+from tiny_components import tiny_model_cfg, train_blocks
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
 TESTS = Path(__file__).parent
@@ -46,15 +47,7 @@ default_scope = 'rankekit'
 runner_type = 'SafeRunner'
 work_dir = {str(work_dir)!r}
 model = {model!r}
-train_dataloader = dict(batch_size=2, num_workers=0, collate_fn=dict(type='default_collate'),
-                        sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
-                        dataset=dict(type='ToyShapes', split='train', num_samples=32))
-train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters})
-optim_wrapper = dict(
-    constructor='MultiOptimWrapperConstructor',
-    policy=dict(optimizer=dict(type='AdamW', lr=1e-3), clip_grad=dict(max_norm=1.0)),
-    decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-    discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+{train_blocks(32, max_iters)}
 default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', interval=2, by_epoch=False,
                     max_keep_ckpts={max_keep}),
@@ -282,8 +275,11 @@ def test_runner_built_directly_also_skips_the_truncated_checkpoint(copied_run):
     cfg, work = copied_run
     newest = work / 'iter_4.pth'
     newest.write_bytes(newest.read_bytes()[:5000])
-    runner = super(SafeRunner, SafeRunner).from_cfg(
-        setup_cfg(parse_args([str(cfg), '--resume', 'auto'])))
+    run_cfg = setup_cfg(parse_args([str(cfg), '--resume', 'auto']))
+    # MMEngine names a run's logger by the second it starts: a runner built in the same second
+    # as another test's would log into that one's file
+    run_cfg.experiment_name = f'resume_directly_{time.time_ns()}'
+    runner = super(SafeRunner, SafeRunner).from_cfg(run_cfg)
     assert isinstance(runner, SafeRunner) and runner._load_from is None
     runner.load_or_resume()
     assert runner.iter == 2

@@ -21,7 +21,7 @@ from mmengine.hooks import Hook
 
 from rankekit.engine.optim_constructor import MultiOptimWrapperConstructor
 from rankekit.registry import HOOKS, MODEL_WRAPPERS, MODELS
-from tiny_components import IMAGE, tiny_model_cfg
+from tiny_components import IMAGE, tiny_model_cfg, train_blocks
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
 
@@ -371,15 +371,7 @@ custom_imports = dict(imports=['test_distributed'], allow_failed_imports=False)
 work_dir = {str(work_dir)!r}
 model = {model!r}
 {wrapper}
-train_dataloader = dict(batch_size=2, num_workers=0, collate_fn=dict(type='default_collate'),
-                        sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
-                        dataset=dict(type='ToyShapes', split='train', num_samples=16))
-train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters})
-optim_wrapper = dict(
-    constructor='MultiOptimWrapperConstructor',
-    policy=dict(optimizer=dict(type='AdamW', lr=1e-3), clip_grad=dict(max_norm=1.0)),
-    decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-    discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+{train_blocks(16, max_iters)}
 default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval={max_iters}, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1),

@@ -6,7 +6,7 @@ from mmengine.hooks import Hook
 
 from rankekit.apis.train import build_runner, parse_args, setup_cfg
 from rankekit.registry import HOOKS
-from tiny_components import tiny_model_cfg
+from tiny_components import tiny_model_cfg, train_blocks
 
 
 class SimulatedCrash(RuntimeError):
@@ -33,15 +33,7 @@ def _config(work_dir, max_iters, crash_after=None):
 default_scope = 'rankekit'
 work_dir = {str(work_dir)!r}
 model = {model!r}
-train_dataloader = dict(batch_size=2, num_workers=0, collate_fn=dict(type='default_collate'),
-                        sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
-                        dataset=dict(type='ToyShapes', split='train', num_samples=64))
-train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters})
-optim_wrapper = dict(
-    constructor='MultiOptimWrapperConstructor',
-    policy=dict(optimizer=dict(type='AdamW', lr=1e-3), clip_grad=dict(max_norm=1.0)),
-    decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-    discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+{train_blocks(64, max_iters)}
 default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1),

@@ -54,3 +54,18 @@ def tiny_model_cfg(**overrides):
         else:
             cfg[key] = value
     return cfg
+
+
+def train_blocks(num_samples: int, max_iters: int) -> str:
+    """Config text shared by the runner tests: ToyShapes prompts in batches of 2, an iteration
+    loop and the three AdamW optimizers of RankE."""
+    return f'''\
+train_dataloader = dict(batch_size=2, num_workers=0, collate_fn=dict(type='default_collate'),
+                        sampler=dict(type='DefaultSampler', shuffle=True, seed=0),
+                        dataset=dict(type='ToyShapes', split='train', num_samples={num_samples}))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters})
+optim_wrapper = dict(
+    constructor='MultiOptimWrapperConstructor',
+    policy=dict(optimizer=dict(type='AdamW', lr=1e-3), clip_grad=dict(max_norm=1.0)),
+    decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+    discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))'''
