@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
-import sys
 
-from rankekit.apis.config import (DictAction, check_config, check_train_cfg, default_work_dir,
-                                  load_config, remove_setup_leftovers, work_dir_entries)
+from rankekit.apis.config import (INPUT_ERRORS, DictAction, check_config, check_train_cfg,
+                                  default_work_dir, load_config, remove_setup_leftovers,
+                                  run_reporting_errors, work_dir_entries)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -161,31 +160,32 @@ def build_runner(cfg):
 
 
 #: errors of a bad config or missing file while setting up: reported in one line, not a traceback
-SETUP_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError)
+SETUP_ERRORS = INPUT_ERRORS
 
 
 def main(argv=None) -> int:
     """Train; a bad config or missing file at set-up is one ``error:`` line and exit code 2
     (set RANKEKIT_DEBUG=1 for the traceback). Errors during training raise as usual."""
     args = parse_args(argv)
-    cfg = before = None
-    try:
+    built = {}
+
+    def set_up() -> None:
         cfg = setup_cfg(args)
         check_train_cfg(cfg.get('train_cfg'), training=True)  # max_iters=0 would train nothing
         before = work_dir_entries(cfg.work_dir)
-        runner = build_runner(cfg)
-        # the data and the optimizers too: their errors are set-up errors (no iteration ran)
-        runner.train_loop  # noqa: B018 - the property builds the loop and its dataloader
-        if hasattr(runner, 'build_optim_wrapper'):  # a FlexibleRunner builds it in its strategy
-            runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    except SETUP_ERRORS as exc:
-        if cfg is not None:
+        try:
+            runner = build_runner(cfg)
+            # the data and the optimizers too: their errors are set-up errors (no iteration ran)
+            runner.train_loop  # noqa: B018 - the property builds the loop and its dataloader
+            if hasattr(runner, 'build_optim_wrapper'):  # a FlexibleRunner builds it itself
+                runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+        except SETUP_ERRORS:
             remove_setup_leftovers(cfg.work_dir, before)
-        if os.environ.get('RANKEKIT_DEBUG'):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f'error: {message}', file=sys.stderr)
-        print('(set RANKEKIT_DEBUG=1 to see the traceback)', file=sys.stderr)
-        return 2
-    runner.train()
+        built['runner'] = runner
+
+    status = run_reporting_errors(set_up)
+    if status:
+        return status
+    built['runner'].train()
     return 0
