@@ -531,7 +531,10 @@ def two_runs(tmp_path):
     (['--combos', 'online:emma'], ("combo 'online:emma' is not POLICY:DECODER",)),
     (['--combos', 'online:base'], ('--combos online:base: no tools/test.py result',
                                    "they have ['online:ema']")),
-], ids=['metric', 'combo_syntax', 'combo_not_tested'])
+    (['--delta', 'fid/fid [online:ema]', 'fid/fid [online:bse]'],
+     ("--delta 'fid/fid [online:bse]': no run has this metric", 'exact names, with the combo',
+      "Available: ['clip_score/mean', 'fid/fid', 'fid/fid [online:ema]']")),
+], ids=['metric', 'combo_syntax', 'combo_not_tested', 'delta'])
 def test_36_unknown_metric_or_combo_in_ablation_table(capsys, two_runs, args, phrases):
     assert ablation_main([*two_runs, *args]) == 2
     err = capsys.readouterr().err

@@ -454,6 +454,32 @@ def test_ablation_table_base_model_row_and_test_only_metrics(fake_runs, tmp_path
     assert len(rows) == 4
 
 
+def test_ablation_delta_columns_are_paired_within_each_run(tmp_path, capsys):
+    """--delta A B: A - B inside each run (same seed), then mean ± std over seeds; --show-seeds
+    lists the per-seed values. By hand: differences 10-15=-5, 11-18=-7, 13-14=-1 -> mean
+    -13/3 = -4.333, sample std sqrt(((-2/3)^2 + (8/3)^2 + (10/3)^2) / 2) = 3.055; the
+    unpaired difference of the column means (-3.667) would be wrong."""
+    (tmp_path / 'ranke_base.py').write_text(BASE_CFG)
+    kl = dict(type='KL', weight=0.05)
+    work_dirs = [_fake_run(tmp_path, 'ranke_base', seed, kl, {}, [('12:00:00', '12:01:00')],
+                           test=dict(checkpoint_iter=20, results={
+                               'online:ema': dict(mean={'fid/fid': ema}),
+                               'online:base': dict(mean={'fid/fid': base})}))
+                 for seed, (ema, base) in enumerate([(10.0, 15.0), (11.0, 18.0), (13.0, 14.0)])]
+    args = [*map(str, work_dirs), '--base', str(tmp_path / 'ranke_base.py'), '--no-summary',
+            '--combos', 'online:ema', 'online:base', '--metrics', 'fid/fid [online:ema]']
+    assert ablation_main([*args, '--delta', 'fid/fid [online:ema]', 'fid/fid [online:base]',
+                          '--show-seeds']) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    assert header == ('| config | changes vs ranke_base | seeds | fid/fid [online:ema] | '
+                      'fid/fid [online:ema − online:base] | wall time (min) |')
+    assert row == ('| ranke_base | train_cfg.max_iters=20 | 3 | 11.3 ± 1.5 (10, 11, 13) | '
+                   '-4.3 ± 3.1 (-5, -7, -1) | 1 |')
+    # a name that no run has is one error line (with the close match), not an empty column
+    assert ablation_main([*args, '--delta', 'fid/fid [online:ema]', 'fid/fid [online:bse]']) == 2
+    assert "Did you mean 'fid/fid [online:base]'?" in capsys.readouterr().err
+
+
 def test_ablation_runs_missing_configs_in_their_own_process(tmp_path):
     cfg_file = tmp_path / 'tiny_clip.py'
     rewards = [dict(type='ClipScore', model_name='rankekit-toy-clip', pretrained=None)]

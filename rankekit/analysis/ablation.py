@@ -63,6 +63,35 @@ def check_request(groups: Sequence[RunGroup], names: set[str], metrics: Sequence
                              f"'fid/*'; 'all' shows every metric)")
 
 
+def delta_label(minuend: str, subtrahend: str) -> str:
+    """The header of a ``--delta`` column: ``'fid/fid [online:ema − online:base]'`` when the two
+    metrics differ only in their combo, else ``'a − b'``."""
+    name_a, _, combo_a = minuend.partition(' [')
+    name_b, _, combo_b = subtrahend.partition(' [')
+    if name_a == name_b and combo_a and combo_b:
+        return f'{name_a} [{combo_a[:-1]} − {combo_b[:-1]}]'
+    return f'{minuend} − {subtrahend}'
+
+
+def check_deltas(names: set[str], deltas: Sequence[tuple[str, str]]) -> None:
+    """A ValueError for a ``--delta`` metric that no run has (names are exact, no globs)."""
+    from rankekit.utils.build import did_you_mean
+    for name in (n for pair in deltas for n in pair):
+        if name not in names:
+            raise ValueError(f'--delta {name!r}: no run has this metric (--delta takes exact '
+                             f'names, with the combo, e.g. "fid/fid [online:ema]").'
+                             f'{did_you_mean(name, sorted(names))} Available: {sorted(names)}')
+
+
+def _summarise(values: Sequence[float], show_seeds: bool) -> str:
+    if not values:
+        return '–'
+    text = format_mean_std(*mean_std(values))
+    if show_seeds and len(values) > 1:
+        text += ' (' + ', '.join(f'{v:.4g}' for v in values) + ')'
+    return text
+
+
 def _cell(text: str) -> str:
     return str(text).replace('|', '\\|')
 
@@ -78,25 +107,34 @@ def common_changes(groups: Sequence[RunGroup]) -> dict:
 
 def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence[str] | None = None,
                    combos: Sequence[str] = ('online:ema',), use_summary: bool = True,
-                   use_test: bool = True, limit: int = 6) -> str:
-    """The markdown table (a string ending in a newline) for groups of runs."""
+                   use_test: bool = True, limit: int = 6,
+                   deltas: Sequence[tuple[str, str]] = (), show_seeds: bool = False) -> str:
+    """The markdown table (a string ending in a newline) for groups of runs.
+
+    ``deltas``: pairs ``(a, b)`` of metric names, each a column of ``a - b`` taken within every
+    run (the same seed) before the mean ± std over seeds, e.g. the FID that the co-evolved
+    decoder is worth on its own policy's tokens. ``show_seeds``: cells also list the per-seed
+    values, in run order."""
     from rankekit.utils.config_diff import format_diff
     per_run = [[r.metrics(combos, use_summary, use_test) for r in g.runs] for g in groups]
     names = {k for runs in per_run for m in runs for k in m}
     check_request(groups, names, metrics, combos, use_test)
+    check_deltas(names, deltas)
     columns = select_columns(names, metrics)
     common = common_changes(groups)
-    header = ['config', f'changes vs {base_name}', 'seeds', *columns, 'wall time (min)']
+    header = ['config', f'changes vs {base_name}', 'seeds', *columns,
+              *(delta_label(a, b) for a, b in deltas), 'wall time (min)']
     lines = ['| ' + ' | '.join(_cell(h) for h in header) + ' |',
-             '|' + '|'.join(['---'] * 3 + ['---:'] * (len(columns) + 1)) + '|']
+             '|' + '|'.join(['---'] * 3 + ['---:'] * (len(header) - 3)) + '|']
     for group, runs in zip(groups, per_run):
         own = {k: v for k, v in group.diff.items() if k not in common}
         changes = 'no training (`tools/test.py --base`)' if group.untrained else \
             format_diff(own, limit=limit)
         cells = [group.name, changes, str(len(group.runs))]
         for column in columns:
-            values = [m[column] for m in runs if column in m]
-            cells.append(format_mean_std(*mean_std(values)) if values else '–')
+            cells.append(_summarise([m[column] for m in runs if column in m], show_seeds))
+        for a, b in deltas:
+            cells.append(_summarise([m[a] - m[b] for m in runs if a in m and b in m], show_seeds))
         times = [r.wall_time_s / 60 for r in group.runs if r.wall_time_s is not None]
         cells.append(format_mean_std(*mean_std(times)) if times else '–')
         lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
@@ -187,6 +225,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--test-json', default='test_*/metrics.json',
                         help='tools/test.py results inside each work dir (glob; the latest '
                         "checkpoint's is used; default: test_*/metrics.json)")
+    parser.add_argument('--delta', nargs=2, action='append', default=[], metavar=('A', 'B'),
+                        help='a column of metric A minus metric B within each run, then mean ± '
+                        'std over seeds (exact names; repeatable), e.g. --delta "fid/fid '
+                        '[online:ema]" "fid/fid [online:base]"')
+    parser.add_argument('--show-seeds', action='store_true',
+                        help='cells also list the per-seed values')
     parser.add_argument('--no-summary', action='store_true',
                         help='ignore summary.json (only tools/test.py metrics)')
     parser.add_argument('--no-test', action='store_true', help='ignore tools/test.py results')
@@ -214,7 +258,8 @@ def build_table(args: argparse.Namespace) -> str:
     # metrics from tools/test.py only: the runs' own evaluation settings do not matter
     groups = group_runs(runs, base_cfg, ignore_evaluation=args.no_summary)
     return ablation_table(groups, base_path.stem, args.metrics, args.combos,
-                          use_summary=not args.no_summary, use_test=not args.no_test)
+                          use_summary=not args.no_summary, use_test=not args.no_test,
+                          deltas=[tuple(d) for d in args.delta], show_seeds=args.show_seeds)
 
 
 def main(argv=None) -> int:
