@@ -20,7 +20,8 @@ def test_config_diff_by_hand():
     assert flatten(a) == {'model.lr': 1, 'model.parts[0].type': 'A', 'work_dir': 'x'}
     assert config_diff(a, b) == {'model.extra': ('<absent>', True), 'model.lr': (1, 2),
                                  'model.parts[0].type': ('A', 'B')}
-    assert format_diff(config_diff(a, b)) == 'model.extra=True, model.lr=2, model.parts[0].type=B'
+    # a component whose type changed is one entry: the new type with its differing keys
+    assert format_diff(config_diff(a, b)) == 'model.extra=True, model.lr=2, model.parts[0]=B()'
     # a sub-config set to None: its vanished keys are implied, not listed
     c = dict(model=dict(lr=1, anchor=dict(type='EMA', weight=10.0)))
     d = dict(model=dict(lr=1, anchor=None))
@@ -28,6 +29,15 @@ def test_config_diff_by_hand():
                                  'model.anchor.type': ('EMA', '<absent>'),
                                  'model.anchor.weight': (10.0, '<absent>')}
     assert format_diff(config_diff(c, d)) == 'model.anchor=None'
+    # ... and a swapped one drops the old type's keys (meaningless for the new type), shows at
+    # most inner_limit of its own and is whole again when it replaces None
+    e = dict(model=dict(lr=1, anchor=dict(type='KL', weight=10.0, sigma=1.0, ref='initial')))
+    assert format_diff(config_diff(c, e)) == 'model.anchor=KL(ref=initial, sigma=1.0)'
+    assert format_diff(config_diff(d, e)) == 'model.anchor=KL(ref=initial, sigma=1.0, weight=10.0)'
+    assert (format_diff(config_diff(d, e), inner_limit=2)
+            == 'model.anchor=KL(ref=initial, sigma=1.0, …)')
+    f = dict(model=dict(lr=1, anchor=dict(type='KL', net=dict(type='N', a=1), z=2)))
+    assert format_diff(config_diff(c, f)) == 'model.anchor=KL(z=2, net.a=1, net.type=N)'
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO / 'configs')))

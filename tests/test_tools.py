@@ -406,7 +406,7 @@ def test_ablation_table_exact_markdown(fake_runs, tmp_path):
         '|---|---|---|---:|---:|---:|---:|---:|\n'
         '| ranke_base | (same as base) | 2 | 11.0 ± 1.4 | 15 | 0.310 ± 0.014 | 0.60 ± 0.14 | '
         '2.0 ± 1.4 |\n'
-        '| anchor_l2 | model.anchor.type=L2, model.anchor.weight=1.0 | 3 | 23.0 ± 3.6 | – | '
+        '| anchor_l2 | model.anchor=L2(weight=1.0) | 3 | 23.0 ± 3.6 | – | '
         '0.420 ± 0.026 | 1.20 ± 0.26 | 2.0 ± 1.0 |\n'
         '\n'
         'Every row also changes, vs ranke_base: train_cfg.max_iters=20.\n')
