@@ -494,7 +494,7 @@ def test_ablation_runs_missing_configs_in_their_own_process(tmp_path):
     assert load_run(work_dir).cfg.randomness.seed == 4
 
 
-def test_curves_and_pareto(fake_runs, tmp_path):
+def test_curves_and_pareto(fake_runs, tmp_path, capsys, monkeypatch):
     # base runs: {10: 1, 20: 3} and {10: 3, 20: 5, 30: 7}
     data = curve_data([{10: 1.0, 20: 3.0}, {10: 3.0, 20: 5.0, 30: 7.0}])
     assert data['x'].tolist() == [10, 20, 30] and data['mean'].tolist() == [2.0, 4.0, 7.0]
@@ -512,3 +512,11 @@ def test_curves_and_pareto(fake_runs, tmp_path):
     for path in (out, pareto):
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
         assert min(Image.open(path).size) > 200
+    # --pareto alone writes only the Pareto plot; a metric no run has is one error line
+    only = tmp_path / 'only_pareto.png'
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.chdir(tmp_path / 'cwd')  # where a default curves.png would go
+    assert curves_main([*map(str, work_dirs), '--pareto', str(only)]) == 0
+    assert only.is_file() and not (tmp_path / 'cwd' / 'curves.png').exists()
+    assert curves_main([*map(str, work_dirs), '--pareto', str(only), '--y', 'fid/fdi']) == 2
+    assert "no run has both 'clip_score/mean' and 'fid/fdi'" in capsys.readouterr().err

@@ -196,7 +196,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=['reward/mean', 'policy/kl', 'decoder/l1', 'lcs/kl'],
                         help='logged scalars to plot (default: reward/mean policy/kl decoder/l1 '
                         'lcs/kl)')
-    parser.add_argument('--out', default='curves.png', help='curves PNG (default: curves.png)')
+    parser.add_argument('--out', help='curves PNG (default: curves.png; with --pareto and '
+                        'no --out, only the Pareto plot is written)')
     parser.add_argument('--smooth', type=int, default=1,
                         help='moving-average window over logged points (default: 1, none)')
     parser.add_argument('--pareto', help='also write the Pareto plot to this PNG')
@@ -213,17 +214,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from rankekit.apis.config import load_config
+    """The command line; a bad run or metric is one ``error:`` line and exit code 2."""
+    from rankekit.apis.config import load_config, run_reporting_errors
     args = parse_args(argv)
-    runs: list[Run] = [load_run(d) for d in args.work_dirs]
-    base = load_config(args.base) if args.base else runs[0].cfg
-    groups = group_runs(runs, base, ignore_evaluation=args.no_summary)
-    for group, label in zip(groups, group_labels(groups)):
-        if label != group.name:
-            print(f'{label}: {group.label(limit=20)}')
-    print(f'curves: {plot_curves(groups, args.keys, args.out, args.smooth)}')
-    if args.pareto:
-        path = plot_pareto(groups, args.pareto, args.x, args.y, args.combos,
-                           use_summary=not args.no_summary)
-        print(f'pareto: {path}')
-    return 0
+
+    def body():
+        runs: list[Run] = [load_run(d) for d in args.work_dirs]
+        base = load_config(args.base) if args.base else runs[0].cfg
+        groups = group_runs(runs, base, ignore_evaluation=args.no_summary)
+        for group, label in zip(groups, group_labels(groups)):
+            if label != group.name:
+                print(f'{label}: {group.label(limit=20)}')
+        if args.out or not args.pareto:
+            out = plot_curves(groups, args.keys, args.out or 'curves.png', args.smooth)
+            print(f'curves: {out}')
+        if args.pareto:
+            path = plot_pareto(groups, args.pareto, args.x, args.y, args.combos,
+                               use_summary=not args.no_summary)
+            print(f'pareto: {path}')
+    return run_reporting_errors(body)
