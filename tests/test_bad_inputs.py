@@ -517,7 +517,8 @@ def two_runs(tmp_path):
         work_dir.mkdir()
         (work_dir / f'run{i}.py').write_text(f"model = dict(type='M', anchor={anchor})\n")
         (work_dir / 'summary.json').write_text('{"evaluation": {"fid/fid": 10.0, '
-                                               '"clip_score/mean": 0.3}}')
+                                               '"clip_score/mean": 0.3}, "train": {'
+                                               '"policy/kl": {"start": 0.0, "end": 0.1}}}')
         (work_dir / 'test_iter_2').mkdir()
         (work_dir / 'test_iter_2' / 'metrics.json').write_text(
             '{"checkpoint_iter": 2, "results": {"online:ema": {"mean": {"fid/fid": 12.0}}}}')
@@ -534,7 +535,9 @@ def two_runs(tmp_path):
     (['--delta', 'fid/fid [online:ema]', 'fid/fid [online:bse]'],
      ("--delta 'fid/fid [online:bse]': no run has this metric", 'exact names, with the combo',
       "Available: ['clip_score/mean', 'fid/fid', 'fid/fid [online:ema]']")),
-], ids=['metric', 'combo_syntax', 'combo_not_tested', 'delta'])
+    (['--train-end', 'policy/lk'], ("--train-end 'policy/lk': no run's summary.json has this",
+                                    "Did you mean 'policy/kl'?", "Available: ['policy/kl']")),
+], ids=['metric', 'combo_syntax', 'combo_not_tested', 'delta', 'train_end'])
 def test_36_unknown_metric_or_combo_in_ablation_table(capsys, two_runs, args, phrases):
     assert ablation_main([*two_runs, *args]) == 2
     err = capsys.readouterr().err

@@ -479,6 +479,19 @@ def test_ablation_delta_columns_are_paired_within_each_run(tmp_path, capsys):
     assert ablation_main([*args, '--delta', 'fid/fid [online:ema]', 'fid/fid [online:bse]']) == 2
     assert "Did you mean 'fid/fid [online:base]'?" in capsys.readouterr().err
 
+    # --train-end: the summary's end-of-training value, even with --no-summary (the training
+    # scalars do not depend on the evaluation protocol); 0.02, 0.04 -> 0.030 ± 0.014
+    for work_dir, kl in zip(work_dirs, [0.02, 0.04, None]):
+        summary = dict(train={'policy/kl': dict(start=0.0, end=kl, change=kl)} if kl else {})
+        (work_dir / 'summary.json').write_text(json.dumps(summary))
+    assert ablation_main([*args, '--train-end', 'policy/kl']) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    assert header.endswith('| fid/fid [online:ema] | policy/kl [train end] | wall time (min) |')
+    assert row.endswith('| 11.3 ± 1.5 | 0.030 ± 0.014 | 1 |')
+    assert ablation_main([*args, '--train-end', 'policy/lk']) == 2
+    assert ("--train-end 'policy/lk': no run's summary.json has this training scalar. Did you "
+            "mean 'policy/kl'?") in capsys.readouterr().err
+
 
 def test_ablation_runs_missing_configs_in_their_own_process(tmp_path):
     cfg_file = tmp_path / 'tiny_clip.py'

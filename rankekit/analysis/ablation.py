@@ -83,6 +83,16 @@ def check_deltas(names: set[str], deltas: Sequence[tuple[str, str]]) -> None:
                              f'{did_you_mean(name, sorted(names))} Available: {sorted(names)}')
 
 
+def check_train_end(groups: Sequence[RunGroup], keys: Sequence[str]) -> None:
+    """A ValueError for a ``--train-end`` scalar that no run's ``summary.json`` has."""
+    from rankekit.utils.build import did_you_mean
+    logged = sorted({k for g in groups for r in g.runs for k in r.train_end()})
+    for key in keys:
+        if key not in logged:
+            raise ValueError(f'--train-end {key!r}: no run\'s summary.json has this training '
+                             f'scalar.{did_you_mean(key, logged)} Available: {logged}')
+
+
 def _summarise(values: Sequence[float], show_seeds: bool) -> str:
     if not values:
         return '–'
@@ -108,21 +118,25 @@ def common_changes(groups: Sequence[RunGroup]) -> dict:
 def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence[str] | None = None,
                    combos: Sequence[str] = ('online:ema',), use_summary: bool = True,
                    use_test: bool = True, limit: int = 6,
-                   deltas: Sequence[tuple[str, str]] = (), show_seeds: bool = False) -> str:
+                   deltas: Sequence[tuple[str, str]] = (), show_seeds: bool = False,
+                   train_end: Sequence[str] = ()) -> str:
     """The markdown table (a string ending in a newline) for groups of runs.
 
     ``deltas``: pairs ``(a, b)`` of metric names, each a column of ``a - b`` taken within every
     run (the same seed) before the mean ± std over seeds, e.g. the FID that the co-evolved
     decoder is worth on its own policy's tokens. ``show_seeds``: cells also list the per-seed
-    values, in run order."""
+    values, in run order. ``train_end``: training scalars (e.g. ``policy/kl``) at the end of
+    each run, from its ``summary.json``, as columns ``'<name> [train end]'``."""
     from rankekit.utils.config_diff import format_diff
     per_run = [[r.metrics(combos, use_summary, use_test) for r in g.runs] for g in groups]
     names = {k for runs in per_run for m in runs for k in m}
     check_request(groups, names, metrics, combos, use_test)
     check_deltas(names, deltas)
+    check_train_end(groups, train_end)
     columns = select_columns(names, metrics)
     common = common_changes(groups)
     header = ['config', f'changes vs {base_name}', 'seeds', *columns,
+              *(f'{key} [train end]' for key in train_end),
               *(delta_label(a, b) for a, b in deltas), 'wall time (min)']
     lines = ['| ' + ' | '.join(_cell(h) for h in header) + ' |',
              '|' + '|'.join(['---'] * 3 + ['---:'] * (len(header) - 3)) + '|']
@@ -133,6 +147,9 @@ def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence
         cells = [group.name, changes, str(len(group.runs))]
         for column in columns:
             cells.append(_summarise([m[column] for m in runs if column in m], show_seeds))
+        ends = [r.train_end() for r in group.runs]
+        for key in train_end:
+            cells.append(_summarise([e[key] for e in ends if key in e], show_seeds))
         for a, b in deltas:
             cells.append(_summarise([m[a] - m[b] for m in runs if a in m and b in m], show_seeds))
         times = [r.wall_time_s / 60 for r in group.runs if r.wall_time_s is not None]
@@ -229,6 +246,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='a column of metric A minus metric B within each run, then mean ± '
                         'std over seeds (exact names; repeatable), e.g. --delta "fid/fid '
                         '[online:ema]" "fid/fid [online:base]"')
+    parser.add_argument('--train-end', nargs='+', default=[], metavar='KEY',
+                        help='training scalars at the end of each run (summary.json; mean of the '
+                        'last iterations), e.g. policy/kl; read even with --no-summary')
     parser.add_argument('--show-seeds', action='store_true',
                         help='cells also list the per-seed values')
     parser.add_argument('--no-summary', action='store_true',
@@ -259,7 +279,8 @@ def build_table(args: argparse.Namespace) -> str:
     groups = group_runs(runs, base_cfg, ignore_evaluation=args.no_summary)
     return ablation_table(groups, base_path.stem, args.metrics, args.combos,
                           use_summary=not args.no_summary, use_test=not args.no_test,
-                          deltas=[tuple(d) for d in args.delta], show_seeds=args.show_seeds)
+                          deltas=[tuple(d) for d in args.delta], show_seeds=args.show_seeds,
+                          train_end=args.train_end)
 
 
 def main(argv=None) -> int:

@@ -142,6 +142,13 @@ class Run:
             return 'base model'
         return self.config_file.stem if self.config_file else self.work_dir.name
 
+    def train_end(self) -> dict[str, float]:
+        """Training scalars at the end of the run (``summary.json``'s ``train``: the mean over
+        the last iterations of the summary hook's window), by name."""
+        train = (self.summary or {}).get('train') or {}
+        return {k: float(v['end']) for k, v in train.items()
+                if isinstance(v, dict) and v.get('end') is not None}
+
     def metrics(self, combos: Sequence[str] = ('online:ema',), use_summary: bool = True,
                 use_test: bool = True) -> dict[str, float]:
         """``summary.json`` evaluation metrics by name, and the tools/test.py means over its
