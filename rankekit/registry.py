@@ -129,4 +129,5 @@ ALL_REGISTRIES = {
     'optim_wrapper_constructors': OPTIM_WRAPPER_CONSTRUCTORS,
     'metrics': METRICS,
     'visualizers': VISUALIZERS,
+    'runners': RUNNERS,
 }

@@ -5,8 +5,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from rankekit.apis.train import build_runner, parse_args, setup_cfg
 from rankekit.cli import app, example_config
 from rankekit.registry import ALL_REGISTRIES, SCOPE
+from tiny_components import tiny_model_cfg, train_blocks
 
 runner = CliRunner()
 
@@ -42,9 +44,18 @@ def test_multi_optim_constructor_is_registered():
 
 
 @pytest.mark.parametrize('registry_key,name,obj', _own_components())
-def test_component_builds_from_its_info_example(registry_key, name, obj):
+def test_component_builds_from_its_info_example(registry_key, name, obj, tmp_path):
     example = example_config(obj)
     assert example is not None, f'{name} has no info_example: add one (see docs/plugins.md)'
+    if registry_key == 'runners':  # a config line selects a runner; it is built from a whole run
+        assert example == {'runner_type': name}
+        cfg_file = tmp_path / 'tiny_run.py'
+        cfg_file.write_text(f"default_scope = 'rankekit'\nwork_dir = {str(tmp_path / 'run')!r}\n"
+                            f"experiment_name = 'info_example_{name}'\n"
+                            f"model = {tiny_model_cfg()!r}\n{train_blocks(4, 1)}\n"
+                            f"runner_type = {name!r}\n")
+        assert type(build_runner(setup_cfg(parse_args([str(cfg_file)])))) is obj
+        return
     assert example['type'] == name
     built = ALL_REGISTRIES[registry_key].build(example)
     assert built is not None
