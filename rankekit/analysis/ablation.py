@@ -152,8 +152,8 @@ def ablation_table(groups: Sequence[RunGroup], base_name: str, metrics: Sequence
             cells.append(_summarise([e[key] for e in ends if key in e], show_seeds))
         for a, b in deltas:
             cells.append(_summarise([m[a] - m[b] for m in runs if a in m and b in m], show_seeds))
-        times = [r.wall_time_s / 60 for r in group.runs if r.wall_time_s is not None]
-        cells.append(format_mean_std(*mean_std(times)) if times else '–')
+        cells.append(_summarise([r.wall_time_s / 60 for r in group.runs
+                                 if r.wall_time_s is not None], show_seeds=False))
         lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
     if common:
         lines.append('')

@@ -159,17 +159,14 @@ def build_runner(cfg):
     return runner_cls.from_cfg(cfg)
 
 
-#: errors of a bad config or missing file while setting up: reported in one line, not a traceback
-SETUP_ERRORS = INPUT_ERRORS
-
-
 def main(argv=None) -> int:
     """Train; a bad config or missing file at set-up is one ``error:`` line and exit code 2
     (set RANKEKIT_DEBUG=1 for the traceback). Errors during training raise as usual."""
     args = parse_args(argv)
-    built = {}
+    runner = None
 
     def set_up() -> None:
+        nonlocal runner
         cfg = setup_cfg(args)
         check_train_cfg(cfg.get('train_cfg'), training=True)  # max_iters=0 would train nothing
         before = work_dir_entries(cfg.work_dir)
@@ -179,13 +176,12 @@ def main(argv=None) -> int:
             runner.train_loop  # noqa: B018 - the property builds the loop and its dataloader
             if hasattr(runner, 'build_optim_wrapper'):  # a FlexibleRunner builds it itself
                 runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-        except SETUP_ERRORS:
+        except INPUT_ERRORS:  # a bad config or missing file: leave the work dir as it was
             remove_setup_leftovers(cfg.work_dir, before)
             raise
-        built['runner'] = runner
 
     status = run_reporting_errors(set_up)
     if status:
         return status
-    built['runner'].train()
+    runner.train()
     return 0
