@@ -426,6 +426,32 @@ def test_lcs_metric_on_a_fake_batch():
     np.testing.assert_array_equal(metric.real_codes(), expected_real.numpy())
 
 
+def test_lcs_metric_floor_is_the_kl_of_as_many_disjoint_real_images(tmp_path):
+    """With floor_real: real_floor = KL(hist(first N floor images) || hist(real)), N = samples."""
+    floor = dict(type='ToyShapes', split='test', num_samples=8, image_size=16)
+    _, real = real_images(12)
+    _, floor_images = real_images(8, split='test')
+    tokens = torch.randint(0, 4, (5, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # computed, then read back from codes_floor.npz
+        tokenizer = PatchTokenizer()
+        metric = LCSMetric(tokenizer=tokenizer, real=REAL, floor_real=floor, eps=1e-4,
+                           reference_cache=str(tmp_path / 'codes.npz'))
+        metric.process(None, samples(torch.zeros(5, 3, 16, 16), tokens=tokens))
+        out = metric.evaluate(5)
+        floor_codes = tokenizer.images_to_codes(floor_images[:5] * 2 - 1)
+        real_codes = tokenizer.images_to_codes(real * 2 - 1)
+        expected = lcs_kl(np.bincount(floor_codes.flatten().numpy(), minlength=4),
+                          np.bincount(real_codes.flatten().numpy(), minlength=4), eps=1e-4)
+        assert out['lcs/real_floor'] == pytest.approx(expected, rel=1e-12)
+        # not the half-split proxy of the real set
+        assert out['lcs/real_floor'] != pytest.approx(real_floor(real_codes, K=4, eps=1e-4))
+    assert (tmp_path / 'codes_floor.npz').is_file() and tokenizer.calls == 5 + 12  # the test's own calls: the metric read both caches
+    metric = LCSMetric(tokenizer=PatchTokenizer(), real=REAL, floor_real=floor)
+    metric.process(None, samples(torch.zeros(9, 3, 16, 16), tokens=torch.zeros(9, 16).long()))
+    with pytest.raises(ValueError, match=r'9 generated, floor_real has 8.*num_samples=9'):
+        metric.evaluate(9)
+
+
 def test_lcs_metric_cache_depends_on_encoder_weights_only(tmp_path):
     cache = str(tmp_path / 'codes.npz')
     tokens = torch.zeros(2, 16, dtype=torch.long)

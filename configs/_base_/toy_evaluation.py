@@ -2,7 +2,8 @@
 # compositional accuracy (toy GenEval) and the latent covariate shift (LCS-KL, token entropy).
 # Real statistics are cached under work_dirs/.cache (recomputed when stale). Sample counts are
 # sized so that the spread over sampling seeds (~1 FID) is small against the differences the
-# study reports; fid/real_floor is the FID of 2,000 real val images: what a perfect model scores.
+# study reports; fid/real_floor and lcs/real_floor are the FID and LCS-KL of 2,000 real val
+# images (the prompts' own images, disjoint from the reference): what a perfect model scores.
 val_evaluator = [
     dict(type='FIDMetric',
          feature_extractor=dict(type='ToyFeatureNet', width=32, feat_dim=64,
@@ -20,6 +21,7 @@ val_evaluator = [
                         decoder_ch_mult=[1, 1, 2], z_channels=64, codebook_size=256,
                         codebook_embed_dim=8, image_size=32, pretrained='toy://vq.pt'),
          real=dict(type='ToyShapes', split='test', num_samples=4000),
+         floor_real=dict(type='ToyShapes', split='val', num_samples=2000),
          reference_cache='work_dirs/.cache/toy_lcs_test4000.npz'),
 ]
 val_cfg = dict(type='ValLoop')

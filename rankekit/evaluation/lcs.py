@@ -5,11 +5,15 @@ With ``p_real`` the normalised histogram over the K codebook entries of the code
 
 - ``lcs/kl``: ``KL(p_model || p_real)`` in nats, after epsilon smoothing (:func:`smooth`);
 - ``lcs/entropy_bits``: ``-sum p log2 p`` of ``p_model`` (at most ``log2 K``);
-- ``lcs/real_floor``: the same KL between two disjoint halves of the real set (equal sizes): what
-  finite samples give with no shift at all;
+- ``lcs/real_floor``: what a model with no shift at all scores at this sample count: the same KL
+  for as many images of a disjoint real set (``floor_real``) as there are samples; without a
+  ``floor_real``, between two disjoint halves of the real set (a looser proxy: half the real set,
+  any sample count);
 - ``lcs/real_entropy_bits``: entropy of ``p_real``.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,18 +114,23 @@ def real_floor(real_codes, K: int, eps: float = 1e-6) -> float:
     return lcs_kl(code_histogram(first, K), code_histogram(second, K), eps)
 
 
-def lcs_from_codes(model_codes, real_codes, K: int, eps: float = 1e-6) -> dict:
+def lcs_from_codes(model_codes, real_codes, K: int, eps: float = 1e-6,
+                   floor_codes=None) -> dict:
     """All LCS numbers from codes: the policy's sampled tokens (any shape, pooled) and the real
     images' codes (N, L).
 
+    ``floor_codes``: codes (M, L) of real images disjoint from ``real_codes``, one per generated
+    sample; the floor is then ``KL(p_floor || p_real)``, what a perfect model scores. Without
+    them, :func:`real_floor` of two halves of ``real_codes``.
     Returns ``dict(kl, entropy_bits, real_floor, real_entropy_bits)`` (see the module docstring).
     """
     model_counts, real_counts = code_histogram(model_codes, K), code_histogram(real_codes, K)
     if model_counts.sum() == 0:
         raise ValueError('no model codes given')
+    floor = (real_floor(real_codes, K, eps) if floor_codes is None
+             else lcs_kl(code_histogram(_code_rows(floor_codes), K), real_counts, eps))
     return dict(kl=lcs_kl(model_counts, real_counts, eps), entropy_bits=token_entropy(model_counts),
-                real_floor=real_floor(real_codes, K, eps),
-                real_entropy_bits=token_entropy(real_counts))
+                real_floor=floor, real_entropy_bits=token_entropy(real_counts))
 
 
 # parameters that decide a VQ tokenizer's codes (the decoder does not: RankE trains it)
@@ -145,6 +154,9 @@ class LCSMetric(BaseMetric):
         num_real: real images used (None: all).
         eps: smoothing of the histograms (:func:`smooth`).
         codebook_size: K; default the tokenizer's ``codebook_size``.
+        floor_real: real images disjoint from ``real`` (dataset config, dataset or folder), at
+            least as many as generated samples: ``lcs/real_floor`` is then the KL of the first
+            N of them for N samples (what a perfect model scores). None: two halves of ``real``.
         reference_cache: ``.npz`` path for the real codes, or None (memory only).
         real_image_size: centre-crop + resize real folder images to this side.
         batch_size: batch size for tokenizing real images.
@@ -161,8 +173,9 @@ class LCSMetric(BaseMetric):
 
     def __init__(self, tokenizer, real=dict(type='ToyShapes', split='val', num_samples=1000),
                  num_real: int | None = None, eps: float = 1e-6, codebook_size: int | None = None,
-                 reference_cache: str | None = None, real_image_size: int | None = None,
-                 batch_size: int = 64, prefix: str | None = None, collect_device: str = 'cpu',
+                 floor_real=None, reference_cache: str | None = None,
+                 real_image_size: int | None = None, batch_size: int = 64,
+                 prefix: str | None = None, collect_device: str = 'cpu',
                  collect_dir: str | None = None):
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
         self.tokenizer = build_network(tokenizer, TOKENIZERS, 'tokenizer')
@@ -175,8 +188,10 @@ class LCSMetric(BaseMetric):
             raise ValueError('codebook_size is unknown: the tokenizer has no codebook_size; pass '
                              'codebook_size=K')
         self.real = RealImages(real, num_real, real_image_size)
+        self.floor_real = (None if floor_real is None
+                           else RealImages(floor_real, image_size=real_image_size))
         self.eps, self.reference_cache, self.batch_size = eps, reference_cache, batch_size
-        self._real_codes = None
+        self._real_codes = self._floor_codes = None
 
     def process(self, data_batch, data_samples) -> None:
         for tokens in generated_field(data_samples, 'tokens'):
@@ -190,20 +205,39 @@ class LCSMetric(BaseMetric):
         return cache_key(dict(metric='lcs', tokenizer=tokenizer, real=self.real.describe()))
 
     @torch.no_grad()
+    def _codes_of(self, real: RealImages) -> dict:
+        device = module_device(self.tokenizer)
+        codes = [self.tokenizer.images_to_codes(batch.to(device) * 2 - 1).cpu().numpy()
+                 for batch in real.batches(self.batch_size)]
+        return dict(codes=np.concatenate(codes).astype(np.int32))
+
     def real_codes(self) -> np.ndarray:
         """Codes (num_real, L) int32 of the real images (computed once; cached if configured)."""
         if self._real_codes is None:
-            def compute():
-                device = module_device(self.tokenizer)
-                codes = [self.tokenizer.images_to_codes(batch.to(device) * 2 - 1).cpu().numpy()
-                         for batch in self.real.batches(self.batch_size)]
-                return dict(codes=np.concatenate(codes).astype(np.int32))
             self._real_codes = cached_arrays(
-                self.reference_cache, self.reference_key(), compute,
+                self.reference_cache, self.reference_key(), lambda: self._codes_of(self.real),
                 logger=lambda msg: print_log(msg, logger='current'))['codes']
         return self._real_codes
+
+    def floor_codes(self, num: int) -> np.ndarray:
+        """Codes (num, L) of the first ``num`` ``floor_real`` images (cached beside the real
+        codes, with ``_floor`` added to the file name)."""
+        if num > len(self.floor_real):
+            raise ValueError(f'the LCS real floor needs as many floor_real images as generated '
+                             f'samples: {num} generated, floor_real has {len(self.floor_real)}; '
+                             f'enlarge floor_real (e.g. num_samples={num})')
+        if self._floor_codes is None:
+            cache = self.reference_cache
+            cache = None if cache is None else str(Path(cache).with_suffix('')) + '_floor.npz'
+            key = cache_key(dict(reference=self.reference_key(),
+                                 floor_real=self.floor_real.describe()))
+            self._floor_codes = cached_arrays(
+                cache, key, lambda: self._codes_of(self.floor_real),
+                logger=lambda msg: print_log(msg, logger='current'))['codes']
+        return self._floor_codes[:num]
 
     def compute_metrics(self, results: list) -> dict:
         if not results:
             raise ValueError('LCSMetric got no generated tokens')
-        return lcs_from_codes(results, self.real_codes(), self.codebook_size, self.eps)
+        floor = None if self.floor_real is None else self.floor_codes(len(results))
+        return lcs_from_codes(results, self.real_codes(), self.codebook_size, self.eps, floor)
