@@ -367,3 +367,67 @@ def test_pretrain_on_toy_shapes_batch():
     for _ in range(2):
         logs = model.train_step(batch, optim)
     assert torch.isfinite(logs['loss']) and logs['psnr'] > 0
+
+
+def _gan_model(**kw):
+    cfg = dict(tokenizer=dict(TINY, codebook_size=64), train_parts='decoder', warmup_iters=0,
+               reset_interval=0, codebook_init=None,
+               l2_weight=0.0, vq_weight=0.0, disc_start=0,
+               perceptual_loss=dict(type='ToyPerceptualLoss',
+                                    net=dict(type='ToyFeatureNet', width=8, feat_dim=16)),
+               discriminator=dict(type='PatchGANDiscriminator', ndf=8, n_layers=1))
+    cfg.update(kw)
+    return _pretrain_model(**cfg)
+
+
+def _gan_optim(model):
+    from rankekit.engine.optim_constructor import MultiOptimWrapperConstructor
+    return MultiOptimWrapperConstructor(dict(
+        tokenizer=dict(optimizer=dict(type='Adam', lr=1e-3)),
+        discriminator=dict(optimizer=dict(type='Adam', lr=1e-3))))(model)
+
+
+@pytest.mark.filterwarnings('ignore:ToyPerceptualLoss')
+def test_gan_stage_trains_the_decoder_only_and_keeps_the_codes():
+    """train_parts='decoder': L1 + perceptual + adaptive hinge GAN moves the decoder and the
+    discriminator; encoder, quant_conv and codebook (hence the codes) stay bit for bit."""
+    model = _gan_model().train()  # frozen parts in eval mode: no quantiser bookkeeping
+    optim = _gan_optim(model)
+    assert set(optim.keys()) == {'tokenizer', 'discriminator'}
+    images = _synthetic_images(4, size=16)
+    tok = model.tokenizer
+    frozen = {k: v.clone() for k, v in tok.state_dict().items()
+              if k.startswith(('encoder.', 'quant_conv.', 'quantize.'))}
+    trained = {k: v.clone() for k, v in tok.state_dict().items()
+               if k.startswith(('decoder.', 'post_quant_conv.'))}
+    disc = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    with torch.no_grad():
+        codes = tok.images_to_codes(images * 2 - 1)
+    logs = model.train_step(dict(image=images), optim)
+    state = tok.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert all(not torch.equal(state[k], v) for k, v in trained.items() if v.is_floating_point()
+               and v.dim() > 1)
+    assert any(not torch.equal(model.discriminator.state_dict()[k], v) for k, v in disc.items())
+    with torch.no_grad():
+        assert torch.equal(tok.images_to_codes(images * 2 - 1), codes)
+    # the generator loss is the decoder phase's: L1 + perceptual + gan_weight * adaptive * G
+    assert logs['loss/vq'].item() == 0.0 and logs['loss/perceptual'] > 0
+    expected = (logs['loss/recon'] + logs['loss/perceptual']
+                + 0.5 * logs['gan/adaptive_weight'] * logs['loss/gan'])
+    torch.testing.assert_close(logs['loss'], expected)
+    assert logs['gan/adaptive_weight'] > 0 and logs['loss/disc'] > 0
+    assert all(p.requires_grad for p in model.discriminator.parameters())  # restored
+
+
+@pytest.mark.filterwarnings('ignore:ToyPerceptualLoss')
+def test_gan_stage_waits_for_disc_start_and_refuses_codebook_schedules():
+    model = _gan_model(disc_start=5, adaptive_gan_weight=False)
+    logs = model.train().train_step(dict(image=_synthetic_images(2, size=16)), _gan_optim(model))
+    assert 'loss/disc' not in logs and 'loss/gan' not in logs
+    torch.testing.assert_close(logs['loss'], logs['loss/recon'] + logs['loss/perceptual'])
+    with pytest.raises(ValueError, match=r"train_parts='decoder' keeps the codebook fixed.*"
+                                         r'warmup_iters=0'):
+        _gan_model(warmup_iters=3)
+    with pytest.raises(ValueError, match="train_parts must be 'all' or 'decoder'"):
+        _gan_model(train_parts='encoder')

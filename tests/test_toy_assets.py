@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from rankekit.apis.config import load_config
 from rankekit.registry import FEATURE_EXTRACTORS, POLICIES, REWARDS, TEXT_ENCODERS, TOKENIZERS
@@ -12,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 BACKBONE = load_config(str(REPO / 'configs/_base_/models/toy_backbone.py'))
 ASSETS = {
     'vq.pt': (TOKENIZERS, 'toy_tokenizer'),
+    'vq_l1.pt': (TOKENIZERS, 'toy_tokenizer'),
     'policy.pt': (POLICIES, 'toy_policy'),
     'text_encoder.pt': (TEXT_ENCODERS, 'toy_text_encoder'),
     'feature_net.pt': (FEATURE_EXTRACTORS, 'toy_feature_net'),
@@ -23,7 +25,15 @@ ASSETS = {
 def test_assets_ship_within_budget():
     files = {p.name: p.stat().st_size for p in ASSET_DIR.glob('*.pt')}
     assert set(ASSETS) <= set(files), f'missing: {set(ASSETS) - set(files)}'
-    assert sum(files.values()) <= 25e6
+    assert sum(files.values()) <= 40e6
+
+
+def test_decoder_stage_keeps_the_codes_of_stage_one():
+    """vq.pt (stage 2, decoder trained with L1 + perceptual + GAN) has stage 1's encoder,
+    quant_conv and codebook bit for bit: the policy's codes are the same with either."""
+    stage1, stage2 = (load_weights_file(f'toy://{name}') for name in ('vq_l1.pt', 'vq.pt'))
+    encoder_keys = [k for k in stage1 if k.startswith(('encoder.', 'quant_conv.', 'quantize.'))]
+    assert encoder_keys and all(torch.equal(stage1[k], stage2[k]) for k in encoder_keys)
 
 
 @pytest.mark.parametrize('name', sorted(ASSETS))

@@ -218,6 +218,12 @@ def check_config(cfg: Config) -> None:
             f'from {os.getcwd()}): {"; ".join(missing)}. docs/prepare_assets.md says where each '
             f'one comes from; put them there, or point the keys elsewhere (edit the config or '
             f'--cfg-options KEY=PATH)')
+    load_from = cfg.get('load_from')
+    if load_from and not cfg.get('resume') and not osp.isfile(load_from):
+        raise FileNotFoundError(
+            f'load_from={load_from} does not exist (relative paths are read from {os.getcwd()}): '
+            f'train the run it names first, or point load_from at another checkpoint '
+            f'(--cfg-options load_from=PATH)')
     for split in ('train', 'val', 'test'):
         loader = cfg.get(f'{split}_dataloader')
         if not isinstance(loader, dict):

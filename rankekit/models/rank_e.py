@@ -27,6 +27,7 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
+from rankekit.losses.gan import adaptive_gan_weight, hinge_d_loss
 from rankekit.models.ema import ema_update_, frozen_copy
 from rankekit.policies.sampling import draw_uniforms
 from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
@@ -65,11 +66,6 @@ def _merge(defaults: dict, given: dict | None, what: str) -> dict:
                            for k, h in sorted(hints.items()))
         raise KeyError(f'model.{what} has unknown keys {detail}; allowed: {sorted(defaults)}')
     return {**defaults, **given}
-
-
-def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
-    """Discriminator hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
-    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -432,11 +428,8 @@ class RankEModel(BaseModel):
         Data parallel: the norms of the rank-mean gradients, i.e. of the global batch's losses
         (the same weight on every rank, as in one process on the whole batch).
         """
-        last = self.tokenizer.decoder.last_layer
-        nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
-        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-        average_tensors_([nll_grad, g_grad])
-        return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+        return adaptive_gan_weight(nll, g_loss, self.tokenizer.decoder.last_layer,
+                                   average_tensors_)
 
     def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
         with self._requires_grad(self.discriminator, True), wrapper.optim_context(self):

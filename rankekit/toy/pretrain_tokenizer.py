@@ -8,6 +8,12 @@ standard remedies, all in :class:`VQPretrainModel`:
    quantised step;
 3. dead-code reset: every ``reset_interval`` iterations, codes no latent chose since the last
    reset are moved onto recent latents, drawn in proportion to their quantisation error.
+
+A second stage trains the decoder the way LlamaGen's VQ was trained: L1 + perceptual + adaptive
+hinge GAN against a PatchGAN discriminator (``discriminator=``, ``perceptual_loss=``), with the
+encoder and codebook frozen (``train_parts='decoder'``) so that the codes, and every policy
+trained on them, stay valid. Its objective is literally RankE's decoder-phase reconstruction
+objective (the same functions of :mod:`rankekit.losses.gan`).
 """
 from __future__ import annotations
 
@@ -18,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 
-from rankekit.registry import MODELS, TOKENIZERS
+from torch import nn
+
+from rankekit.losses.gan import adaptive_gan_weight, hinge_d_loss
+from rankekit.registry import LOSSES, MODELS, TOKENIZERS
 from rankekit.tokenizers.vq_model import VQModel
+from rankekit.utils.build import build_module
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB, shape (B,), of (B, C, H, W) images in a ``data_range`` range."""
@@ -68,6 +78,16 @@ class VQPretrainModel(BaseModel):
         reset_by_error: draw the latents that dead codes move to with probability proportional
             to their quantisation error (True) rather than uniformly.
         latent_buffer_size: how many recent latent vectors are kept to draw from.
+        perceptual_loss: LOSSES config of a perceptual distance (e.g. ``ToyPerceptualLoss``),
+            weighted by ``perceptual_weight``; None: none.
+        discriminator: MODELS config of an image discriminator (``PatchGANDiscriminator``); with
+            one, ``train_step`` is GAN-style and needs an ``OptimWrapperDict`` with the parts
+            ``tokenizer`` and ``discriminator`` (``MultiOptimWrapperConstructor``).
+        gan_weight / disc_weight / disc_start: generator hinge-loss weight (times the adaptive
+            VQGAN balance when ``adaptive_gan_weight``), discriminator-loss weight, and the
+            iteration the adversarial terms start at.
+        train_parts: 'all' (encoder, codebook and decoder) or 'decoder' (decoder and
+            post_quant_conv only, as RankE trains them; the codes never change).
     """
 
     info_example = dict(type='VQPretrainModel', warmup_iters=1, reset_interval=1,
@@ -83,6 +103,10 @@ class VQPretrainModel(BaseModel):
                  reset_interval: int = 20, reset_noise: float = 0.01,
                  reset_by_error: bool = True,
                  latent_buffer_size: int = 8192, seed: int = 0,
+                 perceptual_loss: dict | None = None, perceptual_weight: float = 1.0,
+                 discriminator: dict | None = None, gan_weight: float = 0.5,
+                 disc_weight: float = 0.5, disc_start: int = 0,
+                 adaptive_gan_weight: bool = True, train_parts: str = 'all',
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if codebook_init not in ('kmeans', 'random', None):
@@ -92,6 +116,13 @@ class VQPretrainModel(BaseModel):
             raise ValueError('VQPretrainModel: warmup_iters and reset_interval must be >= 0 and '
                              f'latent_buffer_size >= 1, got {warmup_iters}, {reset_interval}, '
                              f'{latent_buffer_size}')
+        if train_parts not in ('all', 'decoder'):
+            raise ValueError(f"VQPretrainModel: train_parts must be 'all' or 'decoder', got "
+                             f'{train_parts!r}')
+        if train_parts == 'decoder' and (warmup_iters or reset_interval or codebook_init):
+            raise ValueError("VQPretrainModel: train_parts='decoder' keeps the codebook fixed; set "
+                             'warmup_iters=0, reset_interval=0 and codebook_init=None (got '
+                             f'{warmup_iters}, {reset_interval}, {codebook_init!r})')
         if isinstance(tokenizer, dict):  # 'type' may be left out: VQModel
             tokenizer = TOKENIZERS.build({'type': 'VQModel', **tokenizer})
         self.tokenizer = tokenizer
@@ -104,6 +135,18 @@ class VQPretrainModel(BaseModel):
         self.reset_interval, self.reset_noise = reset_interval, reset_noise
         self.reset_by_error = reset_by_error
         self.generator = torch.Generator().manual_seed(seed)
+        self.train_parts = train_parts
+        if train_parts == 'decoder':
+            self.tokenizer.freeze_encoder()
+        self.perceptual = (build_module(LOSSES, perceptual_loss, 'model.perceptual_loss')
+                           if perceptual_loss else None)
+        if self.perceptual is not None:
+            self.perceptual.requires_grad_(False).eval()
+        self.perceptual_weight = perceptual_weight
+        self.discriminator = (build_module(MODELS, discriminator, 'model.discriminator')
+                              if discriminator else None)
+        self.gan_weight, self.disc_weight, self.disc_start = gan_weight, disc_weight, disc_start
+        self.adaptive_gan_weight = adaptive_gan_weight
 
         n_codes, dim = self.tokenizer.codebook_size, self.tokenizer.codebook_embed_dim
         # persistent, so that a resumed run continues the schedule
@@ -114,6 +157,26 @@ class VQPretrainModel(BaseModel):
         self.register_buffer('latents', torch.zeros(latent_buffer_size, dim), persistent=False)
         self.latents_seen = 0
         self.num_resets = 0  # total codes moved so far (this process)
+
+    # ---- structure ---------------------------------------------------------------------------
+    def optim_parts(self) -> dict[str, nn.Module]:
+        """Parts with an optimizer each (MultiOptimWrapperConstructor): ``tokenizer`` (all of it,
+        or its decoder + post_quant_conv) and, with one, ``discriminator``."""
+        parts = dict(tokenizer=nn.ModuleDict(self.tokenizer.decoder_modules())
+                     if self.train_parts == 'decoder' else self.tokenizer)
+        if self.discriminator is not None:
+            parts['discriminator'] = self.discriminator
+        return parts
+
+    def train(self, mode: bool = True) -> 'VQPretrainModel':
+        super().train(mode)
+        if self.perceptual is not None:
+            self.perceptual.eval()
+        if self.train_parts == 'decoder':  # frozen: no quantiser bookkeeping or losses
+            for module in (self.tokenizer.encoder, self.tokenizer.quant_conv,
+                           self.tokenizer.quantize):
+                module.eval()
+        return self
 
     # ---- helpers -----------------------------------------------------------------------------
     @property
@@ -213,8 +276,12 @@ class VQPretrainModel(BaseModel):
                          f'got {mode!r}')
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Reconstruction + quantiser losses for images ``x`` in [-1, 1]."""
-        z = self._latent(x)
+        """Reconstruction (+ perceptual) + quantiser losses for images ``x`` in [-1, 1]."""
+        return self._losses_and_recon(x)[0]
+
+    def _losses_and_recon(self, x: torch.Tensor) -> tuple[OrderedDict, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_parts == 'all'):
+            z = self._latent(x)
         if self.training:
             self._remember(z)
         quantizer = self.tokenizer.quantize
@@ -237,16 +304,55 @@ class VQPretrainModel(BaseModel):
         recon_loss = self.l1_weight * (recon - x).abs().mean()
         if self.l2_weight:
             recon_loss = recon_loss + self.l2_weight * (recon - x).pow(2).mean()
+        losses = OrderedDict([('loss/recon', recon_loss)])
+        if self.perceptual is not None and self.perceptual_weight:
+            losses['loss/perceptual'] = self.perceptual_weight * self.perceptual(recon, x).mean()
+        losses['loss/vq'] = self.vq_weight * vq_loss
         with torch.no_grad():
-            score = psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean()
-        return OrderedDict([('loss/recon', recon_loss), ('loss/vq', self.vq_weight * vq_loss),
-                            ('psnr', score), ('codebook/usage', torch.tensor(float(usage)))])
+            losses['psnr'] = psnr((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean()
+        losses['codebook/usage'] = torch.tensor(float(usage))
+        return losses, recon
+
+    def _gan_train_step(self, data: dict, optim_wrapper) -> dict[str, torch.Tensor]:
+        """Discriminator step (real vs reconstructions), then the tokenizer step with the
+        adaptive hinge GAN term: RankE's decoder-phase reconstruction objective."""
+        data = self.data_preprocessor(data, True)
+        x = self._to_model_range(data['image'])
+        gen, disc = optim_wrapper['tokenizer'], optim_wrapper['discriminator']
+        with gen.optim_context(self):
+            losses, recon = self._losses_and_recon(x)
+        logs = OrderedDict((k, v.detach()) for k, v in losses.items())
+        nll = losses['loss/recon'] + losses.get('loss/perceptual', 0.0)
+        total = nll + losses['loss/vq']
+        if int(self.iteration) >= self.disc_start:
+            with disc.optim_context(self.discriminator):
+                d_loss = self.disc_weight * hinge_d_loss(self.discriminator(x),
+                                                         self.discriminator(recon.detach()))
+            disc.update_params(d_loss)
+            logs['loss/disc'] = d_loss.detach()
+            self.discriminator.requires_grad_(False)
+            try:
+                with gen.optim_context(self):
+                    g_loss = -self.discriminator(recon).mean()
+                    weight = (adaptive_gan_weight(nll, g_loss, self.tokenizer.decoder.last_layer)
+                              if self.adaptive_gan_weight else torch.ones(()))
+                    total = total + self.gan_weight * weight * g_loss
+            finally:
+                self.discriminator.requires_grad_(True)
+            logs['loss/gan'] = g_loss.detach()
+            logs['gan/adaptive_weight'] = weight
+        gen.update_params(total)
+        logs['loss'] = total.detach()
+        return logs
 
     def train_step(self, data, optim_wrapper) -> dict[str, torch.Tensor]:
         """One optimisation step, then the codebook schedule (dead-code reset)."""
         if isinstance(data, torch.Tensor):
             data = dict(image=data)
-        log_vars = super().train_step(data, optim_wrapper)
+        if self.discriminator is None:
+            log_vars = super().train_step(data, optim_wrapper)
+        else:
+            log_vars = self._gan_train_step(data, optim_wrapper)
         self.iteration += 1
         step = int(self.iteration) - self.warmup_iters  # quantised steps done
         reset = 0

@@ -1,6 +1,7 @@
 """Quality of the toy backbone: the numbers of model_zoo.md's "Toy backbone" table."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -9,7 +10,12 @@ from rankekit.registry import (DATASETS, FEATURE_EXTRACTORS, POLICIES, REWARDS, 
                                TOKENIZERS)
 
 TARGETS = dict(psnr='>= 24 dB', usage='>= 0.50', retrieval='>= 0.60', feature='>= 0.95',
-               policy='0.3 - 0.7')
+               rfid='<= 15', policy='>= 0.30', policy_two='>= 0.10')
+#: the toy evaluation's FID protocol (configs/_base_/toy_evaluation.py): 5,000 test images as the
+#: reference, 2,000 val images / prompts as the generated side, the toy feature net
+FID_REFERENCE = dict(real=dict(type='ToyShapes', split='test', num_samples=5000),
+                     reference_cache='work_dirs/.cache/toy_fid_test5000.npz')
+NUM_FID_SAMPLES = 2000
 
 
 @torch.no_grad()
@@ -25,9 +31,66 @@ def _load(registry, cfg: dict, path: Path):
     return registry.build({**cfg, 'pretrained': str(path)}).eval()
 
 
+def fid_metric(feature_net):
+    """A FIDMetric with the toy evaluation's reference set and cache, around ``feature_net``."""
+    from rankekit.evaluation.fid import FIDMetric
+    return FIDMetric(feature_extractor=feature_net, **FID_REFERENCE)
+
+
+def fid_of(metric, images: torch.Tensor) -> float:
+    """FID of ``images`` (N, 3, H, W) in [0, 1] against ``metric``'s reference."""
+    metric.results = []
+    metric.process(None, [dict(image=img) for img in images])
+    return float(metric.compute_metrics(metric.results)['fid'])
+
+
+@torch.no_grad()
+def reconstruct(tokenizer, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """VQ round trip (encode, quantise, decode) of [0, 1] images, in [0, 1]."""
+    return torch.cat([(tokenizer.codes_to_images(tokenizer.images_to_codes(
+        images[i:i + batch_size] * 2 - 1)).clamp(-1, 1) + 1) / 2
+        for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def tokenizer_fid(tokenizer, feature_net, num_val: int = NUM_FID_SAMPLES) -> dict:
+    """Reconstruction FID (rFID) of a tokenizer: its round trips of the first ``num_val`` val
+    images against the evaluation reference; with ``real_floor`` (the val images themselves)."""
+    val = DATASETS.build(dict(type='ToyShapes', split='val', num_samples=num_val))
+    images = torch.stack([val[i]['image'] for i in range(len(val))])
+    metric = fid_metric(feature_net)
+    return dict(rfid=fid_of(metric, reconstruct(tokenizer, images)),
+                real_floor=fid_of(metric, images))
+
+
+@torch.no_grad()
+def policy_fid(text_encoder, policy, tokenizer, feature_net, seeds=(0, 1),
+               num_prompts: int = NUM_FID_SAMPLES, **sampling) -> list[float]:
+    """FID of one sample per val caption (the study's prompts), one value per sampling seed."""
+    val = DATASETS.build(dict(type='ToyShapes', split='val', num_samples=num_prompts))
+    captions = [val[i]['caption'] for i in range(len(val))]
+    metric = fid_metric(feature_net)
+    values = []
+    for seed in seeds:
+        offset = seed * len(captions)  # disjoint per-sample seeds across sampling seeds
+        images = torch.cat([
+            sample_images(text_encoder, policy, tokenizer, captions[i:i + 250],
+                          list(range(offset + i, offset + i + len(captions[i:i + 250]))),
+                          **sampling)
+            for i in range(0, len(captions), 250)])
+        values.append(fid_of(metric, images))
+    return values
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
 @torch.no_grad()
 def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1000,
-                         cfg_scales=(1.0, 3.0), samples_per_prompt: int = 4) -> list[dict]:
+                         rollout: dict | None = None, samples_per_prompt: int = 4,
+                         fid_seeds=(0, 1, 2)) -> list[dict]:
     """Measure the shipped toy checkpoints on the ToyShapes val split.
 
     Args:
@@ -36,6 +99,9 @@ def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1
             ``toy_reward_classifier``, ``toy_clip``).
         asset_dir: folder with vq.pt, policy.pt, text_encoder.pt, clip.pt, feature_net.pt,
             reward_classifier.pt.
+        rollout: the sampling settings of the policy rows (default: the toy RankE rollout's,
+            cfg 1, temperature 1, no top-k / top-p).
+        fid_seeds: sampling seeds of the policy's FID (mean and spread over them).
     Returns:
         rows of dict(asset, metric, value, target).
     """
@@ -57,8 +123,7 @@ def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1
                   target=TARGETS['usage'])]
 
     def round_trip(x):
-        return (tokenizer.codes_to_images(tokenizer.images_to_codes(x * 2 - 1)).clamp(-1, 1)
-                + 1) / 2
+        return reconstruct(tokenizer, x)
 
     for name, key in (('feature_net.pt', 'toy_feature_net'),
                       ('reward_classifier.pt', 'toy_reward_classifier')):
@@ -71,6 +136,18 @@ def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1
                       value=recon['attr'], target='-')]
         if name == 'feature_net.pt':
             feature_net = net
+            fid = tokenizer_fid(tokenizer, feature_net)
+            val_images, val_attributes = _val_images(NUM_FID_SAMPLES)
+            recon = _split_accuracy(net, round_trip(val_images), val_attributes)
+            rows += [dict(asset='vq.pt', metric=f'reconstruction FID ({NUM_FID_SAMPLES} val vs '
+                          f'5,000 test; real floor {fid["real_floor"]:.1f})',
+                          value=fid['rfid'], target=TARGETS['rfid']),
+                     dict(asset='vq.pt', metric='compositional accuracy of reconstructions',
+                          value=recon[0], target='-'),
+                     dict(asset='vq.pt', metric='  one-object scenes', value=recon[1],
+                          target='-'),
+                     dict(asset='vq.pt', metric='  two-object scenes', value=recon[2],
+                          target='-')]
 
     clip = REWARDS.build({**backbone['toy_clip'], 'pretrained': str(asset_dir / 'clip.pt')})
     rows.append(dict(asset='clip.pt', metric='text-to-image retrieval top-1',
@@ -79,17 +156,47 @@ def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1
     text_encoder = _load(TEXT_ENCODERS, backbone['toy_text_encoder'],
                          asset_dir / 'text_encoder.pt')
     policy = _load(POLICIES, backbone['toy_policy'], asset_dir / 'policy.pt')
+    rollout = dict(ROLLOUT if rollout is None else rollout)
     prompts = toy_eval_prompts()
     captions = [p['caption'] for p in prompts] * samples_per_prompt
     attributes = torch.stack([p['attributes'] for p in prompts] * samples_per_prompt)
     seeds = list(range(len(captions)))
-    for cfg_scale in cfg_scales:
-        generated = torch.cat([
-            sample_images(text_encoder, policy, tokenizer, captions[i:i + 120],
-                          seeds[i:i + 120], cfg_scale=cfg_scale)
-            for i in range(0, len(captions), 120)])
-        accuracy = feature_net.match_attributes(generated, attributes).float().mean().item()
-        rows.append(dict(asset='policy.pt + text_encoder.pt',
-                         metric=f'compositional accuracy, cfg {cfg_scale:g}', value=accuracy,
-                         target=TARGETS['policy']))
+    generated = torch.cat([
+        sample_images(text_encoder, policy, tokenizer, captions[i:i + 120], seeds[i:i + 120],
+                      **rollout)
+        for i in range(0, len(captions), 120)])
+    accuracy = _split_accuracy(feature_net, generated, attributes)
+    where = f'{len(captions)} samples of the 120 eval prompts, cfg {rollout["cfg_scale"]:g}'
+    fid_mean, fid_std = _mean_std(policy_fid(text_encoder, policy, tokenizer, feature_net,
+                                             fid_seeds, **rollout))
+    rows += [dict(asset='policy.pt + text_encoder.pt', metric=f'compositional accuracy, {where}',
+                  value=accuracy[0], target=TARGETS['policy']),
+             dict(asset='policy.pt + text_encoder.pt', metric='  one-object prompts',
+                  value=accuracy[1], target='-'),
+             dict(asset='policy.pt + text_encoder.pt', metric='  two-object prompts',
+                  value=accuracy[2], target=TARGETS['policy_two']),
+             dict(asset='policy.pt + text_encoder.pt',
+                  metric=f'FID of samples ({NUM_FID_SAMPLES} val prompts, mean over '
+                         f'{len(fid_seeds)} sampling seeds)', value=fid_mean, target='-'),
+             dict(asset='policy.pt + text_encoder.pt', metric='  its spread over sampling seeds '
+                  '(std)', value=fid_std, target='-')]
     return rows
+
+
+#: the toy RankE configs' rollout (configs/_base_/models/ranke_toy.py)
+ROLLOUT = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+
+
+@functools.lru_cache(maxsize=2)
+def _val_images(num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    val = DATASETS.build(dict(type='ToyShapes', split='val', num_samples=num))
+    return (torch.stack([val[i]['image'] for i in range(num)]),
+            torch.stack([val[i]['attributes'] for i in range(num)]))
+
+
+def _split_accuracy(feature_net, images: torch.Tensor, attributes: torch.Tensor
+                    ) -> tuple[float, float, float]:
+    """Compositional accuracy over all prompts, one-object and two-object prompts."""
+    hit = feature_net.match_attributes(images, attributes).float()
+    two = attributes[:, 1, 0] >= 0
+    return hit.mean().item(), hit[~two].mean().item(), hit[two].mean().item()
