@@ -431,3 +431,4 @@ def test_gan_stage_waits_for_disc_start_and_refuses_codebook_schedules():
         _gan_model(warmup_iters=3)
     with pytest.raises(ValueError, match="train_parts must be 'all' or 'decoder'"):
         _gan_model(train_parts='encoder')
+

@@ -1,8 +1,9 @@
 # The toy AR policy (LlamaGen's GPT class) and the toy text encoder, trained jointly by next-token
-# cross-entropy on the shipped toy tokenizer's codes; caption dropout 0.1 makes CFG work.
+# cross-entropy on the toy tokenizer's codes; caption dropout 0.1 makes CFG work. The codes are
+# stage 1's (vq_l1.pt): stage 2 (vq.pt) trains only the decoder, so they are the same.
 _base_ = ['../_base_/models/pretrain_policy_toy.py', '../_base_/datasets/toy_shapes.py',
           '../_base_/schedules/pretrain_toy.py', '../_base_/default_runtime.py']
-model = dict(tokenizer=dict(pretrained='toy://vq.pt'))
+model = dict(tokenizer=dict(pretrained='toy://vq_l1.pt'))
 train_dataloader = dict(batch_size=32)
 train_cfg = dict(max_iters=3000)
 optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The pre-registered toy study (model_zoo.md, "The toy study, second run"): every run in the
+# registered order, N at a time (default 2, one thread each), each trained, then evaluated by
+# tools/test.py (final checkpoint: online:ema + online:base, sampling seeds 0 1; iterations 200
+# and 400: seed 0). Finished runs (a test_iter_600/metrics.json) are skipped and interrupted
+# ones resume from their newest complete checkpoint, so the script can be re-run after a stop.
+#
+#   bash tools/analysis/run_study.sh [ROOT=work_dirs/study2] [WORKERS=2]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=${1:-work_dirs/study2}
+WORKERS=${2:-2}
+ITERS=600
+mkdir -p "$ROOT"
+
+# name config seed: released regime (seeds 0, 1, 2), then drift-prone, then the ablations
+jobs=()
+for regime in "" _drift; do
+  for seed in 0 1 2; do
+    if [ -z "$regime" ]; then
+      jobs+=("grpo_toy configs/ranke/grpo_toy.py $seed"
+             "anchor_ema configs/ablation/anchor_ema.py $seed"
+             "decoder_recon_only configs/ablation/decoder_recon_only.py $seed")
+    else
+      for name in grpo_toy anchor_ema decoder_recon_only; do
+        jobs+=("${name}_drift configs/study/${name}_drift.py $seed")
+      done
+    fi
+    jobs+=("posthoc_decoder$regime configs/study/posthoc_decoder$regime.py $seed")
+  done
+done
+for cfg in anchor_kl anchor_l2 anchor_none loss_listwise loss_pairwise rank_uniform decoder_only \
+           schedule_alternate disc_sees_policy; do
+  jobs+=("$cfg configs/ablation/$cfg.py 0")
+done
+
+run_job() {
+  local name=$1 config=$2 seed=$3 dir="$ROOT/$1/seed$3" extra=()
+  [ -f "$dir/test_iter_$ITERS/metrics.json" ] && return 0
+  if [[ $name == posthoc_decoder* ]]; then  # the same seed's finished standard-RL run
+    local source="$ROOT/grpo_toy${name#posthoc_decoder}/seed$seed/iter_$ITERS.pth"
+    until [ -f "$source" ] && [ -f "$(dirname "$source")/test_iter_$ITERS/metrics.json" ]; do
+      sleep 30
+    done
+    extra=("load_from=$source")
+  fi
+  local resume=()
+  ls "$dir"/iter_*.pth >/dev/null 2>&1 && resume=(--resume auto)
+  echo "$(date +%H:%M:%S) start $name seed $seed"
+  python tools/train.py "$config" --seed "$seed" --work-dir "$dir" "${resume[@]}" \
+    --cfg-options train_cfg.max_iters=$ITERS train_cfg.val_begin=1000000 \
+    default_hooks.checkpoint.interval=200 default_hooks.checkpoint.max_keep_ckpts=3 \
+    "${extra[@]}" > "$dir.train.log" 2>&1 || { echo "FAILED $name seed $seed"; return 1; }
+  local cfg_dump="$dir/$(basename "$config")"
+  python tools/test.py "$cfg_dump" "$dir/iter_$ITERS.pth" --combos online:ema online:base \
+    --seeds 0 1 --no-progress > "$dir.test.log" 2>&1 || { echo "FAILED test $name"; return 1; }
+  for it in 200 400; do
+    python tools/test.py "$cfg_dump" "$dir/iter_$it.pth" --combos online:ema online:base \
+      --seeds 0 --no-progress >> "$dir.test.log" 2>&1
+  done
+  echo "$(date +%H:%M:%S) done $name seed $seed"
+}
+
+# a shared counter hands out the jobs in order
+counter="$ROOT/.next_job"
+echo 0 > "$counter"
+worker() {
+  while true; do
+    local i
+    i=$(flock "$counter" bash -c 'i=$(cat "$0"); echo $((i + 1)) > "$0"; echo $i' "$counter")
+    [ "$i" -ge "${#jobs[@]}" ] && break
+    mkdir -p "$ROOT/$(echo "${jobs[$i]}" | cut -d' ' -f1)"
+    run_job ${jobs[$i]}
+  done
+}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+[ -d "$ROOT/base" ] || python tools/test.py configs/ranke/ranke_toy.py --base --seeds 0 1 2 \
+  --out-dir "$ROOT/base" --no-progress > "$ROOT/base.test.log" 2>&1
+for w in $(seq "$WORKERS"); do worker & done
+wait
