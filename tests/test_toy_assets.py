@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rankekit.apis.config import load_config
-from rankekit.registry import FEATURE_EXTRACTORS, POLICIES, REWARDS, TEXT_ENCODERS, TOKENIZERS
+from rankekit.registry import (FEATURE_EXTRACTORS, MODELS, POLICIES, REWARDS, TEXT_ENCODERS,
+                               TOKENIZERS)
 from rankekit.toy.assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
 from rankekit.utils.checkpoint import WeightsFileError, load_weights_file
 
@@ -14,6 +15,7 @@ BACKBONE = load_config(str(REPO / 'configs/_base_/models/toy_backbone.py'))
 ASSETS = {
     'vq.pt': (TOKENIZERS, 'toy_tokenizer'),
     'vq_l1.pt': (TOKENIZERS, 'toy_tokenizer'),
+    'vq_disc.pt': (MODELS, 'toy_discriminator'),
     'policy.pt': (POLICIES, 'toy_policy'),
     'text_encoder.pt': (TEXT_ENCODERS, 'toy_text_encoder'),
     'feature_net.pt': (FEATURE_EXTRACTORS, 'toy_feature_net'),

@@ -7,7 +7,10 @@ model = dict(
     tokenizer=dict(pretrained='toy://vq.pt'),
     policy=dict(pretrained='toy://policy.pt'),
     text_encoder=dict(pretrained='toy://text_encoder.pt'),
-    perceptual_loss=dict(net=dict(pretrained='toy://reward_classifier.pt')))
+    perceptual_loss=dict(net=dict(pretrained='toy://reward_classifier.pt')),
+    # the tokenizer GAN stage's discriminator: the decoder phase continues its adversarial game
+    # (a random critic made the converged decoder worse: model_zoo.md, convergence check)
+    discriminator=dict(pretrained='toy://vq_disc.pt'))
 default_hooks = dict(checkpoint=dict(interval=100))
 custom_hooks = [
     dict(type='RichProgressHook',

@@ -14,12 +14,16 @@ class PatchGANDiscriminator(nn.Module):
     8 ndf), then a stride-1 convolution and a 1-channel output convolution. The released RankE
     uses 3 layers and ndf 64 (256 px images); the toy uses fewer, narrower layers.
     Input images in [-1, 1]; output (N, 1, h, w) logits.
+
+    ``pretrained``: a state_dict file (e.g. ``toy://vq_disc.pt``, the discriminator of the toy
+    tokenizer's GAN stage), loaded strictly, so that a decoder phase continues the tokenizer's
+    adversarial game instead of restarting it against a random critic.
     """
 
     info_example = dict(type='PatchGANDiscriminator', ndf=16, n_layers=2)
 
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3,
-                 norm: str = 'batch'):
+                 norm: str = 'batch', pretrained: str | None = None):
         super().__init__()
         if norm not in ('batch', 'group', 'none'):
             raise ValueError(f"PatchGANDiscriminator norm '{norm}' is unknown; use 'batch', "
@@ -43,6 +47,10 @@ class PatchGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)
         self.apply(self._init)
+        if pretrained:
+            from rankekit.utils.checkpoint import load_model_weights
+            load_model_weights(self, pretrained, strict=True, what='discriminator weights',
+                               source='tools/prepare_toy_assets.py (toy) or your own GAN run')
 
     @staticmethod
     def _init(m: nn.Module) -> None:

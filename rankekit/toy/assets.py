@@ -13,7 +13,7 @@ PREFIX = 'toy://'
 REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
 #: the files that command writes
 TOY_ASSETS = ('clip.pt', 'feature_net.pt', 'policy.pt', 'reward_classifier.pt', 'text_encoder.pt',
-              'vq.pt', 'vq_l1.pt')
+              'vq.pt', 'vq_disc.pt', 'vq_l1.pt')
 
 
 class MissingToyAssetError(FileNotFoundError):

@@ -15,7 +15,7 @@ model = dict(
     decoder_anchor=dict(type='EMAAnchor', weight=10.0, distance='perceptual'),
     # the toy LPIPS runs on the reward classifier's activations: the FID network trains nothing
     perceptual_loss=dict(type='ToyPerceptualLoss', net={{_base_.toy_reward_classifier}}),
-    discriminator=dict(type='PatchGANDiscriminator', ndf=32, n_layers=2),
+    discriminator={{_base_.toy_discriminator}},
     # the toy policy samples best without guidance (measured: model_zoo.md); real recipes use CFG
     rollout=dict(group_size=8, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
                  decode_with='ema'),

@@ -7,5 +7,5 @@ model = dict(
     l1_weight=1.0, l2_weight=0.0, vq_weight=0.0,
     perceptual_loss=dict(type='ToyPerceptualLoss', net={{_base_.toy_reward_classifier}}),
     perceptual_weight=1.0,
-    discriminator=dict(type='PatchGANDiscriminator', ndf=32, n_layers=2),
+    discriminator={{_base_.toy_discriminator}},
     gan_weight=0.5, disc_weight=0.5, disc_start=200, adaptive_gan_weight=True)

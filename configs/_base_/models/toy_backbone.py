@@ -9,6 +9,8 @@ toy_text_encoder = dict(type='ToyTextEncoder', embed_dim=64, max_length=16, widt
 toy_policy = dict(type='LlamaGenGPT', dim=128, n_layer=4, n_head=4, vocab_size=256,
                   block_size=64, cls_token_num=16, caption_dim=64, class_dropout_prob=0.1,
                   token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+# the PatchGAN of the tokenizer's GAN stage; RankE's decoder phase continues with it (vq_disc.pt)
+toy_discriminator = dict(type='PatchGANDiscriminator', ndf=32, n_layers=2)
 # the FID / compositional-accuracy network and, deliberately different (width, seed), the
 # attribute classifier that serves as a reward and as the toy LPIPS network
 toy_feature_net = dict(type='ToyFeatureNet', width=32, feat_dim=64)
