@@ -298,6 +298,14 @@ def test_18_toy_asset_name_that_does_not_exist(capsys, write_cfg):
         'model.tokenizer.pretrained=toy://vqq.pt (not a toy asset.', "Did you mean 'toy://vq.pt'?")
 
 
+def test_20b_load_from_that_does_not_exist(capsys, write_cfg, tmp_path):
+    missing = tmp_path / 'runs' / 'iter_600.pth'
+    path = write_cfg(config_text(extra=f'load_from = {str(missing)!r}\n'))
+    has(train_error(capsys, path), f'load_from={missing} does not exist',
+        'train the run it names first', '--cfg-options load_from=PATH')
+    assert not (tmp_path / 'work').exists()
+
+
 @pytest.fixture(scope='module')
 def vq_file(tmp_path_factory):
     path = tmp_path_factory.mktemp('weights') / 'vq.pt'

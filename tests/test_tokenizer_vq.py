@@ -432,3 +432,27 @@ def test_gan_stage_waits_for_disc_start_and_refuses_codebook_schedules():
     with pytest.raises(ValueError, match="train_parts must be 'all' or 'decoder'"):
         _gan_model(train_parts='encoder')
 
+
+class _PatchCodes(torch.nn.Module):
+    """Fake tokenizers for code_locality: the code of a 4x4 patch is its (rounded) mean colour
+    (local), or that plus the whole image's mean (global: every code moves with any pixel)."""
+
+    image_size = 32
+
+    def __init__(self, global_codes: bool):
+        super().__init__()
+        self.global_codes = global_codes
+
+    def images_to_codes(self, x):
+        patches = F.avg_pool2d((x + 1) / 2, 4).sum(1).flatten(1)  # (B, 64), 0 on black
+        if self.global_codes:
+            patches = patches + 100 * ((x + 1) / 2).mean((1, 2, 3))[:, None]
+        return (patches * 16).round().long()
+
+
+def test_code_locality_counts_codes_a_second_object_changes():
+    from rankekit.toy.quality import code_locality
+    local = code_locality(_PatchCodes(global_codes=False), num_scenes=50)
+    # a second object covers a few of the 64 patches (radius 2.6-4.2 px: 4-9 patches)
+    assert 2 / 64 < local < 12 / 64
+    assert code_locality(_PatchCodes(global_codes=True), num_scenes=50) == 1.0
