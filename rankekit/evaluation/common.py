@@ -273,3 +273,20 @@ def cached_arrays(path: str | os.PathLike | None, key: str,
         np.savez(tmp, key=np.array(key), **arrays)
         os.replace(tmp, path)
     return arrays
+
+
+def cached_floor(reference_cache: str | os.PathLike | None, reference_key: str, floor_real,
+                 num: int, compute: Callable[[], dict], what: str) -> dict:
+    """A metric's "real floor" data: ``compute()`` over its ``floor_real`` images (a
+    :class:`RealImages`), cached beside its reference cache with ``_floor`` added to the name and
+    keyed by the reference and the floor set. ``num`` generated samples need as many floor images.
+    """
+    if num > len(floor_real):
+        raise ValueError(f'the {what} real floor needs as many floor_real images as generated '
+                         f'samples: {num} generated, floor_real has {len(floor_real)}; enlarge '
+                         f'floor_real (e.g. num_samples={num})')
+    cache = (None if reference_cache is None
+             else str(Path(reference_cache).with_suffix('')) + '_floor.npz')
+    key = cache_key(dict(reference=reference_key, floor_real=floor_real.describe()))
+    from mmengine.logging import print_log
+    return cached_arrays(cache, key, compute, logger=lambda msg: print_log(msg, logger='current'))

@@ -20,8 +20,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from rankekit.evaluation.common import (RealImages, build_network, cache_key, cached_arrays,
-                                        follow_device, generated_images, module_device,
-                                        module_fingerprint)
+                                        cached_floor, follow_device, generated_images,
+                                        module_device, module_fingerprint)
 from rankekit.registry import FEATURE_EXTRACTORS, METRICS
 
 
@@ -210,18 +210,10 @@ class FIDMetric(BaseMetric):
 
     def real_floor(self, num: int) -> float:
         """FID of the first ``num`` ``floor_real`` images against the reference statistics."""
-        if num > len(self.floor_real):
-            raise ValueError(f'the FID real floor needs as many floor_real images as generated '
-                             f'ones: {num} generated, floor_real has {len(self.floor_real)}; '
-                             f'enlarge floor_real (e.g. num_samples={num})')
-        if self._floor_features is None:
-            cache = self.reference_cache
-            cache = None if cache is None else str(Path(cache).with_suffix('')) + '_floor.npz'
-            key = cache_key(dict(reference=self.reference_key(),
-                                 floor_real=self.floor_real.describe()))
-            self._floor_features = cached_arrays(
-                cache, key, lambda: dict(features=self._real_features(self.floor_real)),
-                logger=lambda msg: print_log(msg, logger='current'))['features']
+        if self._floor_features is None or num > len(self._floor_features):
+            self._floor_features = cached_floor(
+                self.reference_cache, self.reference_key(), self.floor_real, num,
+                lambda: dict(features=self._real_features(self.floor_real)), 'FID')['features']
         mu, sigma = feature_statistics(self._floor_features[:num])
         ref = self.reference_statistics()
         return frechet_distance(mu, sigma, ref['mu'], ref['sigma'], eps=self.eps)

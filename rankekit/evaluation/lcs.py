@@ -13,16 +13,14 @@ With ``p_real`` the normalised histogram over the K codebook entries of the code
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from rankekit.evaluation.common import (RealImages, build_network, cache_key, cached_arrays,
-                                        follow_device, generated_field, module_device,
-                                        module_fingerprint)
+                                        cached_floor, follow_device, generated_field,
+                                        module_device, module_fingerprint)
 from rankekit.registry import METRICS, TOKENIZERS
 
 
@@ -222,18 +220,10 @@ class LCSMetric(BaseMetric):
     def floor_codes(self, num: int) -> np.ndarray:
         """Codes (num, L) of the first ``num`` ``floor_real`` images (cached beside the real
         codes, with ``_floor`` added to the file name)."""
-        if num > len(self.floor_real):
-            raise ValueError(f'the LCS real floor needs as many floor_real images as generated '
-                             f'samples: {num} generated, floor_real has {len(self.floor_real)}; '
-                             f'enlarge floor_real (e.g. num_samples={num})')
-        if self._floor_codes is None:
-            cache = self.reference_cache
-            cache = None if cache is None else str(Path(cache).with_suffix('')) + '_floor.npz'
-            key = cache_key(dict(reference=self.reference_key(),
-                                 floor_real=self.floor_real.describe()))
-            self._floor_codes = cached_arrays(
-                cache, key, lambda: self._codes_of(self.floor_real),
-                logger=lambda msg: print_log(msg, logger='current'))['codes']
+        if self._floor_codes is None or num > len(self._floor_codes):
+            self._floor_codes = cached_floor(
+                self.reference_cache, self.reference_key(), self.floor_real, num,
+                lambda: self._codes_of(self.floor_real), 'LCS')['codes']
         return self._floor_codes[:num]
 
     def compute_metrics(self, results: list) -> dict:
