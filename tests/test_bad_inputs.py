@@ -125,6 +125,16 @@ def test_04_cfg_options_without_equals_is_an_argparse_error(capsys, write_cfg):
         'train_cfg.max_iters=20')
 
 
+def test_04b_cfg_options_value_that_is_not_a_literal(capsys, write_cfg):
+    path = write_cfg(config_text())
+    with pytest.raises(SystemExit) as info:  # the shell ate the quotes around the string
+        train_main([str(path), '--cfg-options', 'model.rewards=[dict(type=Colourfulness)]'])
+    assert info.value.code == 2
+    has(capsys.readouterr().err, '--cfg-options: model.rewards: [dict(type=Colourfulness)] is '
+        "not a literal (Colourfulness is not a value (a string needs quotes: 'Colourfulness'; in "
+        'a shell, put the whole option in double quotes))', 'nothing else is evaluated')
+
+
 def test_05_cfg_options_misspelled_top_level_key(capsys, write_cfg):
     has(train_error(capsys, write_cfg(config_text()), '--cfg-options', 'trian_cfg.max_iters=5'),
         "--cfg-options trian_cfg.max_iters=5: the config has no top-level key 'trian_cfg'",
