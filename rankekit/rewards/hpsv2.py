@@ -9,12 +9,11 @@ evaluation transform, done with differentiable torch ops: resize the longest sid
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from rankekit.registry import REWARDS
 from rankekit.rewards.clip_score import ClipScore
 from rankekit.toy.clip_toy import TOY_CLIP_NAME
-from rankekit.utils.checkpoint import WeightsFileError, load_model_weights
+from rankekit.utils.checkpoint import load_model_weights, require_weights
 
 HPS_FILES = {'v2.1': 'HPS_v2.1_compressed.pt', 'v2.0': 'HPS_v2_compressed.pt'}
 HPS_SOURCE = ('the Hugging Face model repo xswu/HPSv2 (https://huggingface.co/xswu/HPSv2): '
@@ -59,11 +58,9 @@ class HPSv2(ClipScore):
         if pretrained is None:
             warnings.warn('HPSv2(pretrained=None) has RANDOM weights: its scores mean nothing '
                           f'(tests only); set pretrained to {DEFAULT_HPS_PATH}')
-        elif not Path(pretrained).expanduser().is_file():  # fail before building ViT-H-14
-            raise WeightsFileError(
-                f'{what} not found: {pretrained}. It is {" or ".join(HPS_FILES.values())} from '
-                f'{HPS_SOURCE}; download it once and put it at {DEFAULT_HPS_PATH} (or set '
-                f'pretrained= to your copy); see docs/prepare_assets.md.')
+        else:  # fail before building ViT-H-14
+            require_weights(pretrained, what=what, where=DEFAULT_HPS_PATH,
+                            source=f'{" or ".join(HPS_FILES.values())} from {HPS_SOURCE}')
         super().__init__(model_name=model_name, pretrained=None, model_cfg=model_cfg,
                          scale=scale, prefix='', differentiable=differentiable,
                          name=name or 'hpsv2',
