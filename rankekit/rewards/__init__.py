@@ -11,8 +11,9 @@ from rankekit.rewards.callable_reward import CallableReward
 from rankekit.rewards.clip_score import ClipScore
 from rankekit.rewards.combiner import RewardCombiner
 from rankekit.rewards.hpsv2 import HPSv2
+from rankekit.rewards.image_reward import ImageReward
 from rankekit.rewards.pickscore import PickScore
 from rankekit.rewards.remote import RemoteReward
 
 __all__ = ['BaseReward', 'Aesthetic', 'AttributeReward', 'CallableReward', 'ClipScore', 'HPSv2',
-           'PickScore', 'RemoteReward', 'RewardCombiner', 'as_reward', 'build_reward']
+           'ImageReward', 'PickScore', 'RemoteReward', 'RewardCombiner', 'as_reward', 'build_reward']
