@@ -128,12 +128,13 @@ def reference_scores(reward, images, prompts):
     additive = (1.0 - mask[:, None, None, :].float()) * -10000.0
     for i in range(TEXT['layers']):
         p = f'encoder.layer.{i}.'
-        for part, context, m in (('attention', x, additive), ('crossattention', image, None)):
+        for part, m in (('attention', additive), ('crossattention', None)):
+            context = x if part == 'attention' else image  # self-, then cross-attention
             q = _linear(x, s, p + part + '.self.query')
             k, v = (_linear(context, s, p + part + f'.self.{n}') for n in ('key', 'value'))
-            out = _linear(_heads_attention(q, k, v, TEXT['heads'], m), s, p + part + '.output.dense')
+            out = _heads_attention(q, k, v, TEXT['heads'], m)
+            out = _linear(out, s, p + part + '.output.dense')
             x = _layer_norm(out + x, s, p + part + '.output.LayerNorm', 1e-12)
-            context = x if part == 'attention' else context
         hidden = F.gelu(_linear(x, s, p + 'intermediate.dense'))
         x = _layer_norm(_linear(hidden, s, p + 'output.dense') + x, s, p + 'output.LayerNorm',
                         1e-12)

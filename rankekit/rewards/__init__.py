@@ -16,4 +16,5 @@ from rankekit.rewards.pickscore import PickScore
 from rankekit.rewards.remote import RemoteReward
 
 __all__ = ['BaseReward', 'Aesthetic', 'AttributeReward', 'CallableReward', 'ClipScore', 'HPSv2',
-           'ImageReward', 'PickScore', 'RemoteReward', 'RewardCombiner', 'as_reward', 'build_reward']
+           'ImageReward', 'PickScore', 'RemoteReward', 'RewardCombiner', 'as_reward',
+           'build_reward']

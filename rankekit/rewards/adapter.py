@@ -40,11 +40,13 @@ def is_reward_class(obj) -> bool:
 
 
 def _takes(target, key: str) -> bool:
+    """Whether ``target`` names ``key`` among its parameters (``**kwargs`` does not count: an
+    ``nn.Module`` without an ``__init__`` of its own has nn.Module's ``**kwargs``)."""
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
-    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return key in params and params[key].kind is not inspect.Parameter.VAR_KEYWORD
 
 
 def adapter_keys(target) -> tuple[str, ...]:
@@ -113,7 +115,8 @@ def build_reward_from_cfg(cfg, registry, default_args: dict | None = None) -> Ba
     found = registry.get(target) if isinstance(target, str) else target
     if found is None or is_reward_class(found):  # MMEngine reports an unknown type
         return build_from_cfg(cfg, registry, default_args)
-    label = f"'{target}' ({getattr(found, '__module__', '?')}.{getattr(found, '__qualname__', '?')})"
+    where = f"{getattr(found, '__module__', '?')}.{getattr(found, '__qualname__', '?')}"
+    label = f"'{target}' ({where})"
     taken = {k: cfg.pop(k) for k in adapter_keys(found) if k in cfg}
     if not isinstance(found, type):  # a registered function: the config's keys are its kwargs
         rest = {**(default_args or {}), **{k: v for k, v in cfg.items() if k != 'type'}}

@@ -2,7 +2,7 @@
 
 PickScore (Kirstain et al., Pick-a-Pic) is a CLIP ViT-H/14 fine-tuned on human preferences; its
 score is the CLIP logit, the learned ``logit_scale.exp()`` times the cosine of the L2-normalised
-image and text embeddings (about 18-24 for generated images). The released weights
+image and text embeddings (typically about 20 for generated images). The released weights
 (``yuvalkirstain/PickScore_v1``) are a Hugging Face ``transformers`` ``CLIPModel`` with the
 laion ViT-H-14 sizes. rankekit builds the same network with open_clip's ``ViT-H-14`` architecture
 (as for ClipScore and HPSv2) and converts the Hugging Face key names one to one on load
@@ -51,7 +51,8 @@ _HF_NAMES = {
     'vision_model.post_layernorm.weight': 'visual.ln_post.weight',
     'vision_model.post_layernorm.bias': 'visual.ln_post.bias',
 }
-_HF_TRANSPOSED = {'text_projection.weight': 'text_projection', 'visual_projection.weight': 'visual.proj'}
+_HF_TRANSPOSED = {'text_projection.weight': 'text_projection',
+                  'visual_projection.weight': 'visual.proj'}
 _HF_TOWERS = {'text_model.encoder.layers.': 'transformer.resblocks.',
               'vision_model.encoder.layers.': 'visual.transformer.resblocks.'}
 _HF_BLOCK = {'self_attn.out_proj.': 'attn.out_proj.', 'layer_norm1.': 'ln_1.',
@@ -103,8 +104,8 @@ def hf_clip_to_open_clip(state: Mapping[str, torch.Tensor]) -> 'OrderedDict[str,
 class PickScore(ClipScore):
     """PickScore v1: ``exp(logit_scale) * cos(image, prompt)`` with PickScore's CLIP ViT-H/14.
 
-    Scores images generated for the SAME prompt against each other (about 18-24; Flow-GRPO
-    divides by 26). Gradients flow to the images when ``differentiable=True``.
+    Scores images generated for the SAME prompt against each other (typically about 20;
+    Flow-GRPO divides by 26). Gradients flow to the images when ``differentiable=True``.
 
     Args:
         pretrained: LOCAL weights: the folder of ``yuvalkirstain/PickScore_v1`` (holding
