@@ -45,7 +45,7 @@ from rankekit.utils.checkpoint import load_model_weights, require_weights
 IMAGE_REWARD_SOURCE = ('ImageReward.pt from the Hugging Face model repo THUDM/ImageReward '
                        '(https://huggingface.co/THUDM/ImageReward), about 1.8 GB')
 VOCAB_SOURCE = ('vocab.txt of the Hugging Face model repo google-bert/bert-base-uncased '
-                '(https://huggingface.co/google-bert/bert-base-uncased), 231,508 bytes')
+                '(https://huggingface.co/google-bert/bert-base-uncased), 30,522 lines')
 DEFAULT_IMAGE_REWARD_PATH = 'data/weights/ImageReward.pt'
 DEFAULT_VOCAB_PATH = 'data/weights/bert-base-uncased'
 #: the mean and std of the raw head output over ImageReward's data (ImageReward.py)
@@ -93,7 +93,7 @@ class WordPieceTokenizer:
     def from_file(cls, path: str, what: str = 'BERT vocabulary') -> 'WordPieceTokenizer':
         """``vocab.txt`` (one token per line), or a folder holding it."""
         path = Path(path).expanduser()
-        file = path / 'vocab.txt' if path.is_dir() else path
+        file = path / 'vocab.txt' if path.is_dir() or path.suffix != '.txt' else path
         require_weights(file, what=what, source=VOCAB_SOURCE, where=DEFAULT_VOCAB_PATH,
                         key='tokenizer')
         return cls(file.read_text(encoding='utf-8').splitlines())
