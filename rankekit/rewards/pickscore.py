@@ -15,17 +15,15 @@ differentiable torch ops.
 from __future__ import annotations
 
 import re
-import warnings
 from collections import OrderedDict
 from typing import Mapping
 
 import torch
 
 from rankekit.registry import REWARDS
-from rankekit.rewards.clip_score import ClipScore
+from rankekit.rewards.clip_score import ClipScore, check_finetuned_path
 from rankekit.rewards.hpsv2 import OPENAI_MEAN, OPENAI_STD
 from rankekit.toy.clip_toy import TOY_CLIP_NAME
-from rankekit.utils.checkpoint import load_model_weights, require_weights
 
 PICKSCORE_SOURCE = ('the Hugging Face model repo yuvalkirstain/PickScore_v1 '
                     '(https://huggingface.co/yuvalkirstain/PickScore_v1): model.safetensors or '
@@ -127,23 +125,15 @@ class PickScore(ClipScore):
                  model_name: str = 'ViT-H-14', model_cfg: dict | None = None,
                  preprocess_cfg: dict | None = None, text_cache_size: int = 4096):
         what = f'PickScore weights (CLIP {model_name})'
-        if pretrained is None:
-            warnings.warn('PickScore(pretrained=None) has RANDOM weights: its scores mean nothing '
-                          f'(tests only); set pretrained to {DEFAULT_PICKSCORE_PATH}')
-        else:  # fail before building ViT-H-14
-            require_weights(pretrained, what=what, source=PICKSCORE_SOURCE,
-                            where=DEFAULT_PICKSCORE_PATH)
+        check_finetuned_path('PickScore', pretrained, what, source=PICKSCORE_SOURCE,
+                             where=DEFAULT_PICKSCORE_PATH)
         super().__init__(model_name=model_name, pretrained=None, model_cfg=model_cfg, scale=1.0,
                          differentiable=differentiable, name=name or 'pickscore',
                          preprocess_cfg={**PICKSCORE_PREPROCESS, **(preprocess_cfg or {})},
                          text_cache_size=text_cache_size)
-        self.pretrained = pretrained
-        if pretrained is not None:
-            load_model_weights(self.clip, pretrained, strict=True, what=what,
-                               source=PICKSCORE_SOURCE, where=DEFAULT_PICKSCORE_PATH,
-                               convert=hf_clip_to_open_clip, ignore=HF_CLIP_IGNORE)
-            self._text_cache.clear()
-            self.freeze()
+        self.load_finetuned(pretrained, what=what, source=PICKSCORE_SOURCE,
+                            where=DEFAULT_PICKSCORE_PATH, convert=hf_clip_to_open_clip,
+                            ignore=HF_CLIP_IGNORE)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         cosine = super().score(images, prompts)  # scale=1: the cosine
