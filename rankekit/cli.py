@@ -144,7 +144,7 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
     from rankekit.plugins import origin_of
     for key, obj in found:
         console.rule(f'[bold cyan]{name}[/]  ({key}, {obj.__module__}, {origin_of(obj.__module__)})')
-        console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False)
+        console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False, markup=False)
         target = obj.__init__ if inspect.isclass(obj) else obj
         try:
             signature = str(inspect.signature(target)).replace('(self, ', '(').replace('(self)', '()')

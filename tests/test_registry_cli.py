@@ -127,3 +127,21 @@ def test_help_texts():
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert 'Usage' in result.output
+
+
+def test_list_and_info_print_docstrings_verbatim():
+    """Brackets in a docstring are text, not rich markup (a plugin's '[/x]' must not crash)."""
+    from rankekit.registry import REWARDS
+    from rankekit.rewards.base import BaseReward
+
+    class BracketReward(BaseReward):
+        """In [0, 1]; [/b] [red] are text."""
+
+    REWARDS.register_module(module=BracketReward, force=True)
+    try:
+        for args in (['list', 'rewards', '-p', 'Bracket*'], ['info', 'BracketReward']):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+            assert 'In [0, 1]; [/b] [red] are text.' in result.output
+    finally:
+        REWARDS.module_dict.pop('BracketReward')
