@@ -516,3 +516,15 @@ def test_reward_that_breaks_the_contract_is_one_clear_line(duck_rewards, type_, 
         assert 'is not a reward: a reward is a BaseReward subclass, or an nn.Module or ' \
                'callable called as reward(images, prompts)' in message
     assert re.search(phrase, message), message
+
+
+def test_plain_module_reward_loads_pretrained_into_the_module(duck_rewards, tmp_path):
+    from rankekit.rewards import build_reward
+    path = tmp_path / 'gain.pt'
+    torch.save({'gain': torch.tensor(5.0)}, path)
+    reward = build_reward(dict(type='PlainBrightness', pretrained=str(path)), 'model.rewards[0]')
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(reward(x, ['a', 'b']), 5.0 * x.mean(dim=(1, 2, 3)))
+    with pytest.raises(TypeError, match=r"model.rewards\[0\].pretrained: CallableLength is not "
+                                        r'an nn.Module'):
+        build_reward(dict(type='CallableLength', pretrained=str(path)), 'model.rewards[0]')

@@ -159,9 +159,13 @@ def _build_duck(cfg: dict, cls, where: str) -> BaseReward:
     from rankekit.registry import REWARDS
     from rankekit.utils.checkpoint import load_model_weights
     cfg = dict(cfg)
-    pretrained = cfg.pop('pretrained') if 'pretrained' in cfg and not _takes(cls, 'pretrained') \
-        else None
+    pretrained = None
+    if 'pretrained' in cfg and isinstance(cls, type) and not _takes(cls, 'pretrained'):
+        pretrained = cfg.pop('pretrained')
     reward = REWARDS.build(cfg)
     if pretrained:
+        if not isinstance(reward.fn, nn.Module):
+            raise TypeError(f'{where}.pretrained: {cls.__name__} is not an nn.Module, so it has '
+                            'no weights to load; remove pretrained=')
         load_model_weights(reward.fn, pretrained, what=f'{where} weights ({cls.__name__})')
     return reward
