@@ -4,13 +4,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import json
 import pprint
+import re
 import sys
+from enum import Enum
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help='rankekit: ranking-based RL post-training of discrete text-to-image models, with the '
@@ -37,6 +40,13 @@ def _summary(obj) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else '(no docstring)'
 
 
+def _plain(text: str) -> str:
+    """A docstring line without reST markup: ``:class:`~a.b.C``` -> ``C``, double backquotes
+    -> single."""
+    text = re.sub(r':\w+:`~?(?:[\w.]+\.)?([\w]+)`', r'\1', text)
+    return text.replace('``', '`')
+
+
 def _members(registry) -> dict:
     """Import the registry's locations and plugins, then return name -> object."""
     from rankekit.plugins import PluginImportError
@@ -53,15 +63,13 @@ def _find(name: str) -> list[tuple[str, object]]:
             if name in _members(reg)]
 
 
-@app.command('list')
-def list_components(
-        registry: Optional[str] = typer.Argument(
-            None, help='Only this registry (e.g. rewards, rank_losses, anchors). Default: all.'),
-        pattern: Optional[str] = typer.Option(
-            None, '--pattern', '-p', help="Only names matching this glob, e.g. '*Loss'."),
-) -> None:
-    """List registered components: name, summary, defining module, origin (built-in/plugin)."""
-    from rankekit.plugins import origin_of
+class ListFormat(str, Enum):
+    text = 'text'
+    json = 'json'
+
+
+def _selected(registry: Optional[str], pattern: Optional[str]) -> dict[str, dict]:
+    """registry key -> {name: object} for ``rankekit list``'s arguments."""
     registries = _registries()
     if registry is not None:
         if registry not in registries:
@@ -69,22 +77,53 @@ def list_components(
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
             _fail(f"unknown registry '{registry}'.{hint} Registries: {', '.join(registries)}")
         registries = {registry: registries[registry]}
+    selected = {}
     for key, reg in registries.items():
         members = _members(reg)
         if pattern:
             members = {n: o for n, o in members.items() if fnmatch.fnmatch(n, pattern)}
-        table = Table(title=f'{key} ({len(members)})', title_justify='left', expand=False)
-        table.add_column('name', style='bold cyan', no_wrap=True)
-        table.add_column('summary')
-        table.add_column('module', style='dim')
-        table.add_column('origin', style='green')
+        selected[key] = members
+    return selected
+
+
+@app.command('list')
+def list_components(
+        registry: Optional[str] = typer.Argument(
+            None, help='Only this registry (e.g. rewards, rank_losses, anchors). Default: all.'),
+        pattern: Optional[str] = typer.Option(
+            None, '--pattern', '-p', help="Only names matching this glob, e.g. '*Loss'."),
+        fmt: ListFormat = typer.Option(
+            ListFormat.text, '--format', '-f',
+            help='text: one line per component (name, summary), as wide as the terminal; '
+                 'json: every field (name, summary, module, origin) for scripts.'),
+) -> None:
+    """List registered components: name and one-line summary (`rankekit info NAME` for more)."""
+    from rankekit.plugins import origin_of
+    selected = _selected(registry, pattern)
+    if fmt is ListFormat.json:
+        typer.echo(json.dumps({key: [dict(name=name, summary=_summary(obj), module=obj.__module__,
+                                          origin=origin_of(obj.__module__))
+                                     for name, obj in members.items()]
+                               for key, members in selected.items()}, indent=2))
+        return
+    width = max(console.width, 40)
+    for key, members in selected.items():
         if not members:
             what = f"matching '{pattern}'" if pattern else 'registered yet'
-            console.print(f'[bold]{key}[/]: no components {what}.')
+            console.print(Text.assemble((key, 'bold'), f': no components {what}.'))
             continue
+        console.print(Text(f'{key} ({len(members)})', style='bold'))
+        name_width = min(max(len(name) for name in members), 32)
         for name, obj in members.items():
-            table.add_row(name, _summary(obj), obj.__module__, origin_of(obj.__module__))
-        console.print(table)
+            origin = origin_of(obj.__module__)
+            summary = _plain(_summary(obj))
+            if origin != 'built-in':  # plugins say where they come from
+                summary = f'[{origin}] {summary}'
+            line = Text.assemble('  ', (name.ljust(name_width), 'bold cyan'), '  ', summary)
+            line.truncate(width, overflow='ellipsis')
+            console.print(line, no_wrap=True, crop=True)
+    console.print('`rankekit info NAME` for details; `rankekit list --format json` for scripts.'
+                  [:width], highlight=False, markup=False)
 
 
 def example_config(obj) -> Optional[dict]:
@@ -105,7 +144,7 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
     from rankekit.plugins import origin_of
     for key, obj in found:
         console.rule(f'[bold cyan]{name}[/]  ({key}, {obj.__module__}, {origin_of(obj.__module__)})')
-        console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False)
+        console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False, markup=False)
         target = obj.__init__ if inspect.isclass(obj) else obj
         try:
             signature = str(inspect.signature(target)).replace('(self, ', '(').replace('(self)', '()')
@@ -117,7 +156,8 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
         if example is None:
             console.print('(this component defines no info_example)')
         else:
-            console.print(pprint.pformat(example, sort_dicts=False, width=96), highlight=False)
+            console.print(pprint.pformat(example, sort_dicts=False, width=min(console.width, 96)),
+                          highlight=False)
 
 
 @app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))

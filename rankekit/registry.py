@@ -48,10 +48,16 @@ class Registry(_MMEngineRegistry):
         super().import_from_location()
 
 
-def _domain(name: str, location: str, doc: str) -> Registry:
-    registry = Registry(name, scope=SCOPE, locations=[location])
+def _domain(name: str, location: str, doc: str, build_func=None) -> Registry:
+    registry = Registry(name, build_func=build_func, scope=SCOPE, locations=[location])
     registry.__doc__ = doc
     return registry
+
+
+def _build_reward(cfg, registry, default_args=None):
+    # duck-typed rewards (a plain nn.Module or callable) come back wrapped as a BaseReward
+    from rankekit.rewards.adapter import build_reward_from_cfg
+    return build_reward_from_cfg(cfg, registry, default_args)
 
 
 # --- domain registries ------------------------------------------------------------------------
@@ -62,7 +68,8 @@ POLICIES = _domain('policy', 'rankekit.policies',
 TEXT_ENCODERS = _domain('text encoder', 'rankekit.text_encoders',
                         'Prompt encoders giving (B, T, D) embeddings and a (B, T) mask.')
 REWARDS = _domain('reward', 'rankekit.rewards',
-                  'Reward models: images in [0, 1] + prompts -> one score per image.')
+                  'Reward models: images in [0, 1] + prompts -> one score per image.',
+                  build_func=_build_reward)
 RANK_LOSSES = _domain('rank loss', 'rankekit.losses',
                       'Ranking-based policy objectives over groups of rollouts.')
 RANK_WEIGHTS = _domain('rank weights', 'rankekit.losses',

@@ -125,6 +125,16 @@ def test_04_cfg_options_without_equals_is_an_argparse_error(capsys, write_cfg):
         'train_cfg.max_iters=20')
 
 
+def test_04b_cfg_options_value_that_is_not_a_literal(capsys, write_cfg):
+    path = write_cfg(config_text())
+    with pytest.raises(SystemExit) as info:  # the shell ate the quotes around the string
+        train_main([str(path), '--cfg-options', 'model.rewards=[dict(type=Colourfulness)]'])
+    assert info.value.code == 2
+    has(capsys.readouterr().err, '--cfg-options: model.rewards: [dict(type=Colourfulness)] is '
+        "not a literal (Colourfulness is not a value (a string needs quotes: 'Colourfulness'; in "
+        'a shell, put the whole option in double quotes))', 'nothing else is evaluated')
+
+
 def test_05_cfg_options_misspelled_top_level_key(capsys, write_cfg):
     has(train_error(capsys, write_cfg(config_text()), '--cfg-options', 'trian_cfg.max_iters=5'),
         "--cfg-options trian_cfg.max_iters=5: the config has no top-level key 'trian_cfg'",
@@ -594,3 +604,46 @@ def test_shipped_configs_pass_the_checks(monkeypatch):
         for path in paths:
             config_api.check_config(config_api.load_config(str(path)))
     assert len(paths) > 20
+
+
+# --- 52-54: rewards from plugins and reward servers ------------------------------------------------
+@pytest.fixture
+def one_arg_reward():
+    from rankekit.registry import REWARDS
+
+    class OneArgReward(torch.nn.Module):
+        def forward(self, images):
+            return images.mean(dim=(1, 2, 3))
+
+    REWARDS.register_module(module=OneArgReward, force=True)
+    yield
+    REWARDS.module_dict.pop('OneArgReward')
+
+
+def test_52_registered_reward_that_is_not_one(capsys, write_cfg, one_arg_reward):
+    path = write_cfg(config_text(tiny_model_cfg(rewards=[dict(type='OneArgReward')])))
+    has(train_error(capsys, path), "model.rewards[0]: 'OneArgReward' (test_bad_inputs.",
+        'is not a reward: a reward is a BaseReward subclass, or an nn.Module or callable called '
+        'as reward(images, prompts)', 'OneArgReward.forward takes (images)')
+
+
+def test_53_reward_server_that_is_down(capsys, write_cfg):
+    import socket
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    rewards = [dict(type='RemoteReward', url=f'http://127.0.0.1:{port}')]
+    has(train_error(capsys, write_cfg(config_text(tiny_model_cfg(rewards=rewards)))),
+        f"reward 'remote_reward' (RemoteReward, url=http://127.0.0.1:{port}): no reward server "
+        f'answers at 127.0.0.1:{port}', 'yifan123/reward-server', 'check_connection=False')
+
+
+def test_54_reward_file_missing_from_its_default_path(capsys, write_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/weights here
+    rewards = [dict(type='ImageReward', pretrained=None)]  # tokenizer: its default path
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        message = train_error(capsys, write_cfg(config_text(tiny_model_cfg(rewards=rewards))))
+    has(message, 'BERT vocabulary not found: data/weights/bert-base-uncased/vocab.txt',
+        'google-bert/bert-base-uncased', 'put it at data/weights/bert-base-uncased',
+        'set tokenizer= to your copy', 'docs/prepare_assets.md')

@@ -80,3 +80,55 @@ def test_pretraining_config_trains_two_iterations(path, tmp_path):
     runner = build_runner(setup_cfg(args))
     runner.train()
     assert runner.iter == 2 and (tmp_path / 'iter_2.pth').is_file()
+
+
+# --- --cfg-options: components as Python literals --------------------------------------------
+@pytest.mark.parametrize('text, value', [
+    ("[dict(type='Colourfulness')]", [{'type': 'Colourfulness'}]),
+    ("dict(type='KLAnchor', weight=-0.5, ref=dict(a=[None, True], b=(1, 2.0)))",
+     {'type': 'KLAnchor', 'weight': -0.5, 'ref': {'a': [None, True], 'b': (1, 2.0)}}),
+    ("{'a': [1, -2.5, (3,)], 1: 'x'}", {'a': [1, -2.5, (3,)], 1: 'x'}),
+    ("'A photo depicts '", 'A photo depicts '),  # spaces kept (MMEngine's parser drops them)
+    # MMEngine's syntax where the value is not written as a literal
+    ('20', 20), ('1e-3', 0.001), ('true', True), ('None', None), ('a,b', ['a', 'b']),
+    ('[a,b]', ['a', 'b']), ('[1,2,a]', [1, 2, 'a']), ('(1)', (1,)), ('ViT-L-14', 'ViT-L-14'),
+    ('toy://vq.pt', 'toy://vq.pt'),
+])
+def test_cfg_options_values(text, value):
+    from rankekit.apis.config import parse_option_value
+    parsed = parse_option_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize('text, phrase', [
+    ('[dict(type=Colourfulness)]', "Colourfulness is not a value (a string needs quotes: "
+                                   "'Colourfulness'; in a shell, put the whole option in double"),
+    ("[dict(type=__import__('os').system('touch PWNED'))]",
+     "__import__('os').system('touch PWNED') is not a literal"),
+    ('dict(**base)', 'dict(**base) is not a literal'),
+    ("dict(type='A'", "'(' was never closed"),
+])
+def test_cfg_options_refuse_code(text, phrase, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        parse_args([str(BASE), '--cfg-options', f'model.rewards={text}'])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f'--cfg-options: model.rewards: {text} is not a literal' in err and phrase in err
+    assert 'nothing else is evaluated' in err
+    assert not list(tmp_path.iterdir())  # nothing was run
+
+
+def test_cfg_options_swap_a_component(tmp_path):
+    """The command of docs/plugins.md: a list of component dicts replaces model.rewards; a dict
+    merges into the component unless it says _delete_=True."""
+    args = parse_args([str(REPO / 'configs/ablation/anchor_ema.py'), '--work-dir', str(tmp_path),
+                       '--cfg-options', "model.rewards=[dict(type='ClipScore', name='c2', "
+                       "model_name='rankekit-toy-clip', pretrained=None)]",
+                       "model.rank_loss=dict(_delete_=True, type='PairwiseRankLoss')",
+                       "model.policy_anchor=dict(weight=0.5)"])
+    cfg = setup_cfg(args)
+    assert cfg.model.rewards == [dict(type='ClipScore', name='c2', model_name='rankekit-toy-clip',
+                                      pretrained=None)]
+    assert cfg.model.rank_loss == dict(type='PairwiseRankLoss')
+    assert cfg.model.policy_anchor.type == 'KLAnchor' and cfg.model.policy_anchor.weight == 0.5

@@ -1,4 +1,5 @@
 """The three plugin routes of docs/plugins.md, and plugin failures that must be loud."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,26 @@ def test_entry_point_callable_and_listing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith('0')
     assert 'EntryPointReward' in out.stdout and 'plugin: rk-ep-plugin' in out.stdout
+
+
+def test_list_fits_80_columns_with_a_plugin(tmp_path):
+    """`rankekit list` of every registry, the docs' example plugin included, at COLUMNS=80."""
+    project = tomllib.loads((EXAMPLE / 'pyproject.toml').read_text())
+    _fake_install(tmp_path, project['project']['name'],
+                  project['project']['entry-points']['rankekit.plugins'])
+    env = {'PYTHONPATH': f'{tmp_path}:{EXAMPLE}:{REPO}', 'PATH': '/usr/bin:/bin', 'COLUMNS': '80'}
+    out = subprocess.run([sys.executable, '-m', 'rankekit.cli', 'list'], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) > 60 and max(len(line) for line in lines) <= 80, max(lines, key=len)
+    colour = [line for line in lines if line.split()[:1] == ['Colourfulness']]
+    assert colour and '[plugin: rankekit-example-reward] Colourfulness of the image' in colour[0]
+    out = subprocess.run([sys.executable, '-m', 'rankekit.cli', 'list', 'rewards', '--format',
+                          'json'], capture_output=True, text=True, env=env, timeout=120)
+    entry = [c for c in json.loads(out.stdout)['rewards'] if c['name'] == 'Colourfulness'][0]
+    assert entry['origin'] == 'plugin: rankekit-example-reward'
+    assert entry['module'] == 'rankekit_example_reward.rewards'
 
 
 def test_entry_point_that_fails_is_loud(tmp_path):

@@ -1,4 +1,5 @@
 """Registries, the generic "every component builds from its info example" test, and the CLI."""
+import json
 import subprocess
 import sys
 
@@ -71,8 +72,25 @@ def test_list_shows_every_registry():
 def test_list_one_registry_with_pattern():
     result = runner.invoke(app, ['list', 'optim_wrapper_constructors', '--pattern', 'Multi*'])
     assert result.exit_code == 0, result.output
-    assert 'MultiOptimWrapperConstructor' in result.output
-    assert 'built-in' in result.output
+    lines = result.output.splitlines()
+    assert lines[0] == 'optim_wrapper_constructors (1)'
+    assert lines[1].split()[0] == 'MultiOptimWrapperConstructor'
+    assert 'OptimWrapperDict' in lines[1]  # the docstring's first line, reST markup removed
+    assert 'rankekit info NAME' in lines[-1]
+
+
+def test_list_json_for_scripts():
+    result = runner.invoke(app, ['list', 'rewards', '--pattern', 'C*', '--format', 'json'])
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert list(listing) == ['rewards']
+    assert [c['name'] for c in listing['rewards']] == ['CallableReward', 'ClipScore']
+    clip = listing['rewards'][1]
+    assert clip == dict(name='ClipScore', summary=clip['summary'],
+                        module='rankekit.rewards.clip_score', origin='built-in')
+    assert clip['summary'].startswith('CLIP score')
+    every = json.loads(runner.invoke(app, ['list', '-f', 'json']).output)
+    assert list(every) == list(ALL_REGISTRIES)
 
 
 def test_list_empty_match_says_so():
@@ -109,3 +127,21 @@ def test_help_texts():
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert 'Usage' in result.output
+
+
+def test_list_and_info_print_docstrings_verbatim():
+    """Brackets in a docstring are text, not rich markup (a plugin's '[/x]' must not crash)."""
+    from rankekit.registry import REWARDS
+    from rankekit.rewards.base import BaseReward
+
+    class BracketReward(BaseReward):
+        """In [0, 1]; [/b] [red] are text."""
+
+    REWARDS.register_module(module=BracketReward, force=True)
+    try:
+        for args in (['list', 'rewards', '-p', 'Bracket*'], ['info', 'BracketReward']):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+            assert 'In [0, 1]; [/b] [red] are text.' in result.output
+    finally:
+        REWARDS.module_dict.pop('BracketReward')

@@ -1,6 +1,7 @@
 """Rewards: BaseReward checks, ClipScore (open_clip, tiny random architecture), CallableReward,
 and the toy CLIP pretraining model."""
 import math
+import re
 import sys
 import types
 
@@ -404,3 +405,126 @@ def test_evaluate_retrieval_counts_same_scene_as_right():
     oracle.tokenizer = lambda captions: torch.zeros(len(captions), dtype=torch.long)
     share = sum(caption_scene[it['caption']] == 0 for it in items) / len(items)
     assert evaluate_retrieval(oracle, ds, batch_size=16) == pytest.approx(share)
+
+
+# --- duck-typed rewards: a registered nn.Module / callable without BaseReward -------------------
+@pytest.fixture()
+def duck_rewards():
+    """Third-party rewards registered in REWARDS without subclassing BaseReward."""
+    names = []
+
+    def register(obj):
+        REWARDS.register_module(module=obj, force=True)
+        names.append(obj.__name__)
+        return obj
+
+    @register
+    class PlainBrightness(torch.nn.Module):
+        """A plain module: mean pixel value, with a (frozen) scale parameter."""
+
+        def __init__(self, gain: float = 1.0):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.tensor(gain))
+
+        def forward(self, images, prompts):
+            return self.gain * images.mean(dim=(1, 2, 3))
+
+    @register
+    class DiffBrightness(PlainBrightness):
+        """Declares itself differentiable."""
+        differentiable = True
+
+    @register
+    class CallableLength:
+        """A plain class whose instances are callables."""
+
+        def __call__(self, images, prompts):
+            return [float(len(p)) for p in prompts]
+
+    @register
+    def plain_redness(images, prompts, gain=1.0):
+        return gain * images[:, 0].mean(dim=(1, 2))
+
+    @register
+    class OneArgModule(torch.nn.Module):
+        def forward(self, images):
+            return images.mean(dim=(1, 2, 3))
+
+    @register
+    class NotCallable:
+        pass
+
+    @register
+    class BadFlag(PlainBrightness):
+        differentiable = 'yes'
+
+    yield
+    for name in names:
+        REWARDS.module_dict.pop(name, None)
+
+
+def test_plain_module_reward_is_wrapped(duck_rewards):
+    from rankekit.rewards import RewardCombiner
+    x = torch.rand(3, 3, 8, 8)
+    combiner = RewardCombiner([dict(type='PlainBrightness', gain=2.0),
+                               dict(type='DiffBrightness', name='bright2'),
+                               dict(type='CallableLength'), dict(type='plain_redness', gain=3.0)])
+    assert combiner.names == ['plain_brightness', 'bright2', 'callable_length', 'plain_redness']
+    assert [r.differentiable for r in combiner.rewards] == [False, True, False, False]
+    assert all(isinstance(r, BaseReward) for r in combiner.rewards)
+    _, raw = combiner.score(x, ['a', 'bb', 'ccc'])
+    torch.testing.assert_close(raw['plain_brightness'], 2.0 * x.mean(dim=(1, 2, 3)))
+    assert raw['callable_length'].tolist() == [1.0, 2.0, 3.0]
+    torch.testing.assert_close(raw['plain_redness'], 3.0 * x[:, 0].mean(dim=(1, 2)))
+    # frozen like any reward; the differentiable one passes gradients to the images
+    assert not any(p.requires_grad for p in combiner.parameters())
+    y = x.clone().requires_grad_(True)
+    combiner.differentiable_score(y, ['a'] * 3).sum().backward()
+    torch.testing.assert_close(y.grad, torch.full_like(y, 1 / (3 * 8 * 8)))
+    # REWARDS.build gives a BaseReward too; config name / differentiable override the object's
+    built = REWARDS.build(dict(type='PlainBrightness', differentiable=True, name='mine'))
+    assert isinstance(built, BaseReward) and built.name == 'mine' and built.differentiable
+
+
+def test_plain_module_in_a_model_config_is_checked_and_built(duck_rewards):
+    from rankekit.models.validation import check_ranke_config
+    from tiny_components import tiny_model_cfg
+    cfg = tiny_model_cfg(rewards=[dict(type='PlainBrightness', name='b'),
+                                  dict(type='RednessReward')])
+    check_ranke_config(cfg)  # name= is accepted for a class that does not take it
+    model = MODELS.build(cfg)
+    assert model.rewards.names == ['b', 'redness_reward']
+    with pytest.raises(TypeError, match=r"model.rewards\[0\] \(PlainBrightness\): unknown key "
+                                        r"'gian'. Did you mean 'gain'"):
+        check_ranke_config(tiny_model_cfg(rewards=[dict(type='PlainBrightness', gian=2.0)]))
+
+
+@pytest.mark.parametrize('type_, phrase', [
+    ('OneArgModule', r"OneArgModule.forward takes \(images\)"),
+    ('NotCallable', 'a NotCallable cannot be called'),
+    ('BadFlag', r"declares differentiable='yes'; it must be True or False"),
+])
+def test_reward_that_breaks_the_contract_is_one_clear_line(duck_rewards, type_, phrase):
+    from rankekit.rewards import RewardCombiner
+    from rankekit.rewards.adapter import RewardContractError
+    with pytest.raises(RewardContractError) as info:
+        RewardCombiner([dict(type='RednessReward'), dict(type=type_)])
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"model.rewards[1]: '{type_}' (test_rewards.duck_rewards.")
+    if type_ != 'BadFlag':
+        assert 'is not a reward: a reward is a BaseReward subclass, or an nn.Module or ' \
+               'callable called as reward(images, prompts)' in message
+    assert re.search(phrase, message), message
+
+
+def test_plain_module_reward_loads_pretrained_into_the_module(duck_rewards, tmp_path):
+    from rankekit.rewards import build_reward
+    path = tmp_path / 'gain.pt'
+    torch.save({'gain': torch.tensor(5.0)}, path)
+    reward = build_reward(dict(type='PlainBrightness', pretrained=str(path)), 'model.rewards[0]')
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(reward(x, ['a', 'b']), 5.0 * x.mean(dim=(1, 2, 3)))
+    with pytest.raises(TypeError, match=r"model.rewards\[0\].pretrained: CallableLength is not "
+                                        r'an nn.Module'):
+        build_reward(dict(type='CallableLength', pretrained=str(path)), 'model.rewards[0]')

@@ -26,22 +26,87 @@ _EXTRA_TOP_KEYS = ('runner_type', 'launcher', 'custom_imports', 'paper_eval', 'r
                    'model_wrapper_cfg', 'activation_checkpointing', 'efficient_conv_bn_eval')
 
 
+class OptionLiteralError(ValueError):
+    """A ``--cfg-options`` value written as a Python literal that is not one."""
+
+
+_LITERAL_START = {'[': list, '(': tuple, '{': dict, 'dict(': dict, "'": str, '"': str}
+_LITERAL_HELP = ('write dict(key=value, ...), [...], (...) or {...} with numbers, quoted strings, '
+                 'True/False/None and nested lists/tuples/dicts; nothing else is evaluated')
+
+
+def _literal(node: ast.AST):
+    """The value of a literal expression: ``ast.literal_eval``'s forms plus ``dict(k=v, ...)``."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+            and isinstance(node.operand, ast.Constant) \
+            and type(node.operand.value) in (int, float):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(item) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict' \
+            and not node.args and all(kw.arg is not None for kw in node.keywords):
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
+    text = ast.unparse(node)
+    if isinstance(node, ast.Name):
+        raise OptionLiteralError(f'{text} is not a value (a string needs quotes: \'{text}\'; in a '
+                                 f'shell, put the whole option in double quotes)')
+    raise OptionLiteralError(f'{text} is not a literal')
+
+
+def parse_option_value(text: str):
+    """A ``--cfg-options`` value: a Python literal when written as one, else MMEngine's parse.
+
+    ``[...]``, ``(...)``, ``{...}``, ``dict(...)`` and quoted strings are read as Python literals
+    (with :func:`ast.parse` and a walk that accepts only constants, lists, tuples, dicts and
+    ``dict()`` calls with keyword arguments: no code is run), so that components can be given on
+    the command line: ``"model.rewards=[dict(type='Colourfulness')]"``. Anything else keeps
+    MMEngine's syntax: ``20``, ``1e-3``, ``true``, ``None``, ``a,b``, ``[a,b]`` (bare words are
+    strings). A value holding ``dict(`` or ``{`` that is not a literal raises
+    :class:`OptionLiteralError`.
+    """
+    stripped = text.strip()
+    kind = next((k for start, k in _LITERAL_START.items() if stripped.startswith(start)), None)
+    if kind is not None:
+        try:
+            value = _literal(ast.parse(stripped, mode='eval').body)
+        except (SyntaxError, OptionLiteralError) as exc:
+            if 'dict(' in stripped or stripped.startswith('{'):
+                reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+                raise OptionLiteralError(f'{stripped} is not a literal ({reason}); '
+                                         f'{_LITERAL_HELP}') from None
+        else:
+            if isinstance(value, kind):
+                return value
+    return _MMEngineDictAction._parse_iterable(text)
+
+
 class DictAction(_MMEngineDictAction):
-    """``--cfg-options KEY=VALUE ...`` (MMEngine's parser) with a clear error for a bad item."""
+    """``--cfg-options KEY=VALUE ...``: literals (:func:`parse_option_value`), else MMEngine's
+    syntax, with a clear error for a bad item."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})
         for item in values or []:
             key = item.split('=', 1)[0]
             if '=' not in item or not key or key != key.strip():
                 raise argparse.ArgumentError(
                     self, f"{item!r} is not KEY=VALUE (no spaces around '='), e.g. "
                     f'--cfg-options train_cfg.max_iters=20 model.rollout.group_size=8')
-        try:
-            super().__call__(parser, namespace, values, option_string)
-        except Exception as exc:  # noqa: BLE001 - MMEngine's value parser asserts on bad brackets
-            raise argparse.ArgumentError(
-                self, f'cannot parse {values!r} ({type(exc).__name__}: {exc}); lists are written '
-                "key=[1,2] or key=a,b, strings with spaces need quotes: key='a b'") from exc
+            try:
+                options[key] = parse_option_value(item.split('=', 1)[1])
+            except OptionLiteralError as exc:
+                raise argparse.ArgumentError(self, f'{key}: {exc}') from exc
+            except Exception as exc:  # noqa: BLE001 - MMEngine's parser asserts on bad brackets
+                raise argparse.ArgumentError(
+                    self, f'cannot parse {item!r} ({type(exc).__name__}: {exc}); lists are '
+                    "written key=[1,2] or key=a,b, strings with spaces need quotes: key='a b'"
+                ) from exc
+        setattr(namespace, self.dest, options)
 
 
 def _syntax_error(path: str, seen: set | None = None) -> str | None:

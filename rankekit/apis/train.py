@@ -31,7 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='make cuDNN deterministic (slower)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_cfg.max_iters=20 '
-                        'model.rank_loss.clip_eps=0.1')
+                        'model.rank_loss.clip_eps=0.1; components as Python literals (parsed, '
+                        "not evaluated): \"model.rewards=[dict(type='PickScore')]\" "
+                        '(docs/plugins.md)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher for distributed training')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,

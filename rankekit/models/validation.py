@@ -140,6 +140,7 @@ def merged_settings(cfg: dict, where: str = 'model') -> tuple[dict, dict, dict, 
 def check_ranke_config(cfg: dict, where: str = 'model') -> None:
     """Check a RankEModel config without building anything (see the module docstring)."""
     from rankekit import registry as registries
+    from rankekit.rewards.adapter import check_reward_cfg
     from rankekit.utils.build import check_component_cfg
     for key, registry_name in COMPONENT_REGISTRIES.items():
         sub = cfg.get(key)
@@ -153,8 +154,7 @@ def check_ranke_config(cfg: dict, where: str = 'model') -> None:
                                 f'got {_show(sub)}')
             for i, item in enumerate(items):
                 if isinstance(item, dict):
-                    check_component_cfg(registry, item, f'{where}.rewards[{i}]',
-                                        extra_keys=('pretrained',))
+                    check_reward_cfg(item, f'{where}.rewards[{i}]')
         elif isinstance(sub, dict):
             check_component_cfg(registry, sub, f'{where}.{key}', extra_keys=('pretrained',))
     check_settings(*merged_settings(cfg, where), where=where)

@@ -10,7 +10,6 @@ weights ``sac+logos+ava1-l14-linearMSE.pth`` are a plain state_dict with keys
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
 from rankekit.rewards.clip_score import build_open_clip, preprocess_like
 from rankekit.toy.clip_toy import TOY_CLIP_NAME
-from rankekit.utils.checkpoint import WeightsFileError, load_model_weights
+from rankekit.utils.checkpoint import load_model_weights, require_weights
 
 AESTHETIC_SOURCE = ('sac+logos+ava1-l14-linearMSE.pth from '
                     'https://github.com/christophschuhmann/improved-aesthetic-predictor '
@@ -85,11 +84,9 @@ class Aesthetic(BaseReward):
                           f'weights: its scores mean nothing (tests only); see '
                           f'docs/prepare_assets.md')
         # the small MLP file is checked before the large CLIP is built: fail fast
-        if mlp_pretrained is not None and not Path(mlp_pretrained).expanduser().is_file():
-            raise WeightsFileError(
-                f'{what} not found: {mlp_pretrained}. It is {AESTHETIC_SOURCE}; download it '
-                f'once and put it at {DEFAULT_MLP_PATH} (or set mlp_pretrained= to your copy); '
-                f'see docs/prepare_assets.md.')
+        if mlp_pretrained is not None:
+            require_weights(mlp_pretrained, what=what, source=AESTHETIC_SOURCE,
+                            where=DEFAULT_MLP_PATH, key='mlp_pretrained')
         clip, _ = build_open_clip(clip_name, model_cfg=clip_model_cfg, pretrained=clip_pretrained,
                                   weights_tag=clip_weights_tag, preprocess_cfg=preprocess_cfg,
                                   what='CLIP weights (Aesthetic.clip_pretrained)')

@@ -65,7 +65,7 @@ class CallableReward(BaseReward):
         default_name = getattr(func, '__name__', None) or type(func).__name__
         super().__init__(name=name or default_name, differentiable=differentiable)
         self.fn = func  # an nn.Module fn becomes a (frozen) submodule
-        self.spec = fn if isinstance(fn, str) else repr(fn)
+        self.spec = fn if isinstance(fn, str) else getattr(fn, '__qualname__', type(fn).__name__)
         self.fn_kwargs = dict(kwargs or {})
         self.freeze()
 

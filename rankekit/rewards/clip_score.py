@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
 from rankekit.toy.clip_toy import TOY_CLIP_CFG, TOY_CLIP_NAME
+from rankekit.utils.checkpoint import load_model_weights, require_weights
 
 # architectures this process registered with open_clip (name -> config)
 _REGISTERED: dict[str, dict] = {}
@@ -60,6 +62,17 @@ def register_open_clip_config(name: str, model_cfg: dict) -> None:
         path.write_text(json.dumps(cfg))
         open_clip.add_model_config(path)  # reads the file now; later rescans skip it once deleted
     _REGISTERED[name] = cfg
+
+
+def check_finetuned_path(reward: str, pretrained: str | None, what: str, source: str,
+                         where: str) -> None:
+    """Before a large CLIP is built: warn that ``pretrained=None`` means random weights, or
+    fail with the missing-file message when ``pretrained`` is not there."""
+    if pretrained is None:
+        warnings.warn(f'{reward}(pretrained=None) has RANDOM weights: its scores mean nothing '
+                      f'(tests only); set pretrained to {where}')
+    else:
+        require_weights(pretrained, what=what, source=source, where=where)
 
 
 def _is_local_file(path: str) -> bool:
@@ -121,7 +134,7 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-    from rankekit.utils.checkpoint import load_model_weights, load_weights_file
+    from rankekit.utils.checkpoint import load_weights_file
 
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f'model_name must be an open_clip architecture name, got {model_name!r}')
@@ -285,6 +298,15 @@ class ClipScore(BaseReward):
     def _apply(self, fn, *args, **kwargs):
         self._text_cache.clear()
         return super()._apply(fn, *args, **kwargs)
+
+    def load_finetuned(self, pretrained: str | None, **kwargs) -> None:
+        """Load a checkpoint holding the whole CLIP (HPSv2, PickScore) strictly; ``kwargs`` go
+        to :func:`~rankekit.utils.checkpoint.load_model_weights` (``what``, ``source``, ...)."""
+        self.pretrained = pretrained
+        if pretrained is not None:
+            load_model_weights(self.clip, pretrained, strict=True, **kwargs)
+            self._text_cache.clear()
+            self.freeze()
 
     @property
     def device(self) -> torch.device:

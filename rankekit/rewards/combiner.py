@@ -6,8 +6,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from rankekit.registry import REWARDS
-from rankekit.utils.build import build_module, did_you_mean
+from rankekit.rewards.adapter import build_reward
+from rankekit.utils.build import did_you_mean
 from rankekit.utils.distributed import all_ranks_true, mean_var_over_ranks
 
 _NORMALISE = ('none', 'running', 'group')
@@ -41,7 +41,7 @@ class RewardCombiner(nn.Module):
         if not isinstance(rewards, (list, tuple)):
             raise TypeError(f'model.rewards must be a reward config dict or a list of them, got '
                             f'{type(rewards).__name__}')
-        modules = [build_module(REWARDS, r, f'model.rewards[{i}]') for i, r in enumerate(rewards)]
+        modules = [build_reward(r, f'model.rewards[{i}]') for i, r in enumerate(rewards)]
         names = [m.name for m in modules]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})

@@ -8,13 +8,10 @@ evaluation transform, done with differentiable torch ops: resize the longest sid
 """
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 
 from rankekit.registry import REWARDS
-from rankekit.rewards.clip_score import ClipScore
+from rankekit.rewards.clip_score import ClipScore, check_finetuned_path
 from rankekit.toy.clip_toy import TOY_CLIP_NAME
-from rankekit.utils.checkpoint import WeightsFileError, load_model_weights
 
 HPS_FILES = {'v2.1': 'HPS_v2.1_compressed.pt', 'v2.0': 'HPS_v2_compressed.pt'}
 HPS_SOURCE = ('the Hugging Face model repo xswu/HPSv2 (https://huggingface.co/xswu/HPSv2): '
@@ -56,26 +53,15 @@ class HPSv2(ClipScore):
                  model_name: str = 'ViT-H-14', model_cfg: dict | None = None,
                  preprocess_cfg: dict | None = None, text_cache_size: int = 4096):
         what = f'HPSv2 checkpoint (open_clip {model_name} state_dict)'
-        if pretrained is None:
-            warnings.warn('HPSv2(pretrained=None) has RANDOM weights: its scores mean nothing '
-                          f'(tests only); set pretrained to {DEFAULT_HPS_PATH}')
-        elif not Path(pretrained).expanduser().is_file():  # fail before building ViT-H-14
-            raise WeightsFileError(
-                f'{what} not found: {pretrained}. It is {" or ".join(HPS_FILES.values())} from '
-                f'{HPS_SOURCE}; download it once and put it at {DEFAULT_HPS_PATH} (or set '
-                f'pretrained= to your copy); see docs/prepare_assets.md.')
+        check_finetuned_path('HPSv2', pretrained, what, where=DEFAULT_HPS_PATH,
+                             source=f'{" or ".join(HPS_FILES.values())} from {HPS_SOURCE}')
         super().__init__(model_name=model_name, pretrained=None, model_cfg=model_cfg,
                          scale=scale, prefix='', differentiable=differentiable,
                          name=name or 'hpsv2',
                          preprocess_cfg={**HPS_PREPROCESS, **(preprocess_cfg or {})},
                          text_cache_size=text_cache_size)
-        self.pretrained = pretrained
-        if pretrained is not None:
-            # the file is {'state_dict': ...} (possibly fp16): found and cast by the loader
-            load_model_weights(self.clip, pretrained, strict=True, what=what, source=HPS_SOURCE,
-                               where=DEFAULT_HPS_PATH)
-            self._text_cache.clear()
-            self.freeze()
+        # the file is {'state_dict': ...} (possibly fp16): found and cast by the loader
+        self.load_finetuned(pretrained, what=what, source=HPS_SOURCE, where=DEFAULT_HPS_PATH)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, pretrained={self.pretrained!r}'

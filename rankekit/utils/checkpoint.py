@@ -29,7 +29,7 @@ import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -300,10 +300,22 @@ def _format_report(report: dict[str, list], limit: int = 8) -> str:
     return '; '.join(parts)
 
 
+def require_weights(path: str | os.PathLike, *, what: str, source: str, where: str,
+                    key: str = 'pretrained') -> None:
+    """Fail fast, before a large model is built, when the weights file or folder ``path`` is not
+    there: one message naming the file, where it comes from (``source``), where to put it
+    (``where``) and the config key that points elsewhere."""
+    if not Path(path).expanduser().exists():
+        raise WeightsFileError(
+            f'{what} not found: {path}. It is {source}; download it once and put it at {where} '
+            f'(or set {key}= to your copy); see docs/prepare_assets.md.')
+
+
 def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
                        key: str | None = None, ignore: str | Iterable[str] | None = None,
                        what: str = 'weights file', source: str | None = None,
-                       where: str | None = None) -> dict[str, list]:
+                       where: str | None = None,
+                       convert: Callable[[dict], dict] | None = None) -> dict[str, list]:
     """Load a third-party weights file into ``model`` (weights only, strict by default).
 
     Args:
@@ -318,11 +330,16 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
         strict: when True, any missing/unexpected key or shape mismatch raises
             :class:`WeightsFileError` with a report naming them; when False only shape
             mismatches raise and the report is returned.
+        convert: maps the file's state_dict to the model's key layout (e.g. a Hugging Face
+            CLIP to open_clip's) before the comparison; keys it does not know should be passed
+            through unchanged, so that the report names them.
     Returns:
         the report dict (``missing``, ``unexpected``, ``mismatched``).
     """
     raw = load_weights_file(path, what=what, source=source, where=where)
     state = extract_state_dict(raw, key=key)
+    if convert is not None:
+        state = OrderedDict(convert(state))
     pattern = _ignore_pattern(ignore)
     if pattern is not None:
         state = OrderedDict((k, v) for k, v in state.items() if not pattern.search(k))
