@@ -109,6 +109,9 @@ class RankEModel(BaseModel):
         text_encoder: TEXT_ENCODERS config; frozen.
         rewards: one REWARDS config or a list; ``reward_weights`` and ``reward_normalize``
             ('none' | 'running' | 'group') combine them (:class:`RewardCombiner`).
+        reward_std_eps: with ``reward_normalize='group'``, a group whose reward std is below
+            this is flat and normalises to 0; None: the rank loss's ``std_eps`` (GRPO: 1e-4), so
+            that the loss's zero-std check still sees the group as flat.
         rank_loss: RANK_LOSSES config for the policy phase (GRPO, listwise, pairwise).
         rank_weights: RANK_WEIGHTS config turning rewards into decoder weights (top-K softmax).
         policy_anchor / decoder_anchor: ANCHORS configs or None.
@@ -150,9 +153,10 @@ class RankEModel(BaseModel):
                  policy_anchor: dict | None = None, decoder_anchor: dict | None = None,
                  perceptual_loss: dict | None = None, discriminator: dict | None = None,
                  reward_weights: list | None = None, reward_normalize: str = 'none',
-                 rollout: dict | None = None, policy_cfg: dict | None = None,
-                 decoder_cfg: dict | None = None, safety: dict | None = None,
-                 data_preprocessor: dict | None = None, init_cfg: dict | None = None):
+                 reward_std_eps: float | None = None, rollout: dict | None = None,
+                 policy_cfg: dict | None = None, decoder_cfg: dict | None = None,
+                 safety: dict | None = None, data_preprocessor: dict | None = None,
+                 init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.rollout_cfg = _merge(DEFAULT_ROLLOUT, rollout, 'rollout')
         self.policy_cfg = _merge(DEFAULT_POLICY, policy_cfg, 'policy_cfg')
@@ -175,12 +179,19 @@ class RankEModel(BaseModel):
         # --- frozen modules -----------------------------------------------------------------
         self.text_encoder = build_module(TEXT_ENCODERS, text_encoder, 'model.text_encoder')
         self.text_encoder.requires_grad_(False).eval()
-        self.rewards = RewardCombiner(rewards, reward_weights, reward_normalize)
+        # the rank loss (no weights, no random draws) first: its std_eps is the rewards' default
+        self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
+        from rankekit.models.validation import check_number
+        check_number(reward_std_eps, 'model.reward_std_eps', low=0.0, low_open=True,
+                     allow_none=True)
+        if reward_std_eps is None:  # the loss's flat-group threshold (GRPO's std_eps)
+            reward_std_eps = getattr(self.rank_loss, 'std_eps', 1e-4)
+        self.rewards = RewardCombiner(rewards, reward_weights, reward_normalize,
+                                      group_std_eps=reward_std_eps)
         self.perceptual = (build_module(LOSSES, perceptual_loss, 'model.perceptual_loss')
                            if perceptual_loss else None)
         if self.perceptual is not None:
             self.perceptual.requires_grad_(False).eval()
-        self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
         self.rank_weights = build_module(
             RANK_WEIGHTS, rank_weights or dict(type='TopKSoftmaxWeights'), 'model.rank_weights')
         self.policy_anchor = (build_module(ANCHORS, policy_anchor, 'model.policy_anchor')
@@ -496,10 +507,13 @@ class RankEModel(BaseModel):
             if needs_policy_decode and len(chosen):
                 loss = loss + self._policy_token_terms(ro, chosen, w, adversarial, logs)
             logs['decoder/loss'] = loss.detach()
-        if self._safe_update(wrapper, loss, 'decoder', logs):
+        # a Fisher-weighted L2 anchor estimates its Fisher from this module's own gradients
+        observe = getattr(self.decoder_anchor, 'observe_gradients', None)
+        parts = nn.ModuleDict(self.tokenizer.decoder_modules())
+        if self._safe_update(wrapper, loss, 'decoder', logs,
+                             on_grads=observe and (lambda: observe(parts))):
             self.decoder_steps += 1
-            ema_update_(self.decoder_ema, nn.ModuleDict(self.tokenizer.decoder_modules()),
-                        float(cfg['ema_decay']))
+            ema_update_(self.decoder_ema, parts, float(cfg['ema_decay']))
 
     def _policy_token_terms(self, ro, chosen, w, adversarial, logs) -> Tensor:
         """The decoder terms on policy tokens: rank-GAN, reward backprop, anchor, LASC."""
