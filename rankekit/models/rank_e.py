@@ -35,19 +35,21 @@ from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
 from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
                                         rank_rows)
+from rankekit.utils.memory import recompute_in_backward
 
 _DECODE_WITH = ('online', 'ema', 'base')
 
 DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
                        top_k=0, top_p=1.0, decode_with='ema', seed=None)
-DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10)
+DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10,
+                      grad_checkpointing=False)
 DEFAULT_DECODER = dict(
     ema_decay=0.99,
     l1_weight=1.0, perceptual_weight=1.0, recon_weight=1.0,
     gan_weight=0.5, adaptive_gan_weight=True, disc_weight=0.5, disc_start=100,
     rank_gan_weight=0.5, reward_weight=0.01,
     disc_sees_policy=False, policy_decode='selected',
-    lasc_weight=0.0, lasc_top_k=20)
+    lasc_weight=0.0, lasc_top_k=20, grad_checkpointing=False)
 DEFAULT_SAFETY = dict(max_consecutive_skips=20)
 # frozen modules rebuilt from their config files: left out of checkpoints (a ViT-L/14 reward or a
 # flan-t5-xl encoder would otherwise add gigabytes to every checkpoint); the reference/EMA copies
@@ -121,13 +123,16 @@ class RankEModel(BaseModel):
             decode_with ('ema' | 'online' | 'base': the decoder that renders rollouts for the
             rewards), seed (the rollout RNG, checkpointed; None: the run's seed).
         policy_cfg: inner_epochs (PPO epochs on one rollout), ema_decay, ema_interval (policy
-            steps between EMA updates; ema_decay=None keeps no policy EMA).
+            steps between EMA updates; ema_decay=None keeps no policy EMA), grad_checkpointing
+            (recompute each transformer block of the teacher-forced pass in the backward pass:
+            activation memory of one block instead of all, for about one more forward).
         decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
             adaptive_gan_weight; disc_weight, disc_start (decoder steps before the adversarial
             terms start); rank_gan_weight; reward_weight (reward backprop, differentiable
             rewards only); disc_sees_policy (also show policy decodes to the discriminator as
             fakes; the release never does); policy_decode ('selected': decode only rollouts
-            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k.
+            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k; grad_checkpointing
+            (the same for the blocks of the online decoder).
         safety: max_consecutive_skips before the run stops with :class:`NonFiniteError`.
     """
 
@@ -269,7 +274,9 @@ class RankEModel(BaseModel):
         quant = self.tokenizer.quantize.get_codebook_entry(
             codes.reshape(-1), (codes.shape[0], self.tokenizer.codebook_embed_dim, side, side),
             True)
-        return parts['decoder'](parts['post_quant_conv'](quant))
+        recompute = which == 'online' and self.decoder_cfg['grad_checkpointing']
+        with recompute_in_backward(getattr(parts['decoder'], 'blocks', ()), recompute):
+            return parts['decoder'](parts['post_quant_conv'](quant))
 
     def _policy(self, which: str) -> nn.Module:
         if which == 'ema' and self.policy_ema is None:
@@ -405,7 +412,8 @@ class RankEModel(BaseModel):
                 anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
-            with wrapper.optim_context(self):
+            with wrapper.optim_context(self), recompute_in_backward(
+                    getattr(self.policy, 'blocks', ()), self.policy_cfg['grad_checkpointing']):
                 logp = self.policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
                     logp_old = logp.detach()

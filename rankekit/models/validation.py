@@ -105,6 +105,7 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
     check_number(policy_cfg['ema_decay'], f'{p}.ema_decay', low=0.0, high=1.0, high_open=True,
                  allow_none=True, why=' (None keeps no policy EMA; 1 would never move)')
     check_int(policy_cfg['ema_interval'], f'{p}.ema_interval', low=1)
+    check_bool(policy_cfg['grad_checkpointing'], f'{p}.grad_checkpointing')
 
     d = f'{where}.decoder_cfg'
     check_number(decoder_cfg['ema_decay'], f'{d}.ema_decay', low=0.0, high=1.0, high_open=True,
@@ -112,7 +113,7 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
     for key in ('l1_weight', 'perceptual_weight', 'recon_weight', 'gan_weight', 'disc_weight',
                 'rank_gan_weight', 'reward_weight', 'lasc_weight'):
         check_number(decoder_cfg[key], f'{d}.{key}', low=0.0, why=' (0 turns the term off)')
-    for key in ('adaptive_gan_weight', 'disc_sees_policy'):
+    for key in ('adaptive_gan_weight', 'disc_sees_policy', 'grad_checkpointing'):
         check_bool(decoder_cfg[key], f'{d}.{key}')
     check_int(decoder_cfg['disc_start'], f'{d}.disc_start', low=0)
     check_choice(decoder_cfg['policy_decode'], f'{d}.policy_decode', ('selected', 'all'))
@@ -172,6 +173,12 @@ def check_built_model(model, where: str = 'model') -> None:
         if decoder_cfg['lasc_weight'] > 0:
             check_int(decoder_cfg['lasc_top_k'], f'{where}.decoder_cfg.lasc_top_k', low=1,
                       high=vocab, why=f' (the policy has {vocab} image tokens)')
+    for key, part, what in (('policy_cfg', model.policy, 'transformer blocks'),
+                            ('decoder_cfg', model.tokenizer.decoder, 'decoder blocks')):
+        if getattr(model, key)['grad_checkpointing'] and not hasattr(part, 'blocks'):
+            raise ValueError(f'{where}.{key}.grad_checkpointing=True needs {type(part).__name__} '
+                             f'to list its {what} (a `blocks` property, as LlamaGenGPT, '
+                             f'JanusProPolicy and the VQ decoder have); set it to False')
     top_k = getattr(model.rank_weights, 'top_k', None)
     if isinstance(top_k, int) and top_k > group:
         raise ValueError(f'{where}.rank_weights.top_k={top_k} is larger than '

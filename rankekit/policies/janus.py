@@ -355,6 +355,11 @@ class JanusProPolicy(nn.Module):
         return math.isqrt(self._image_token_num)
 
     @property
+    def blocks(self) -> nn.ModuleList:
+        """The LLaMA decoder layers (units of activation checkpointing and FSDP sharding)."""
+        return self.language_model.model.layers
+
+    @property
     def vocab_size(self) -> int:
         """Image codebook size (the policy's output vocabulary), not the text vocabulary."""
         return self.config['image_token_size']

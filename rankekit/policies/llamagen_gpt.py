@@ -289,6 +289,11 @@ class LlamaGenGPT(nn.Module):
         return self.block_size
 
     @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks (units of activation checkpointing and FSDP sharding)."""
+        return self.layers
+
+    @property
     def grid_size(self) -> int:
         return math.isqrt(self.block_size)
 
