@@ -35,7 +35,7 @@ from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
 from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
                                         rank_rows)
-from rankekit.utils.memory import recompute_in_backward
+from rankekit.utils.memory import PRECISIONS, autocast, recompute_in_backward
 
 _DECODE_WITH = ('online', 'ema', 'base')
 
@@ -134,6 +134,9 @@ class RankEModel(BaseModel):
             with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k; grad_checkpointing
             (the same for the blocks of the online decoder).
         safety: max_consecutive_skips before the run stops with :class:`NonFiniteError`.
+        precision: 'fp32' (default) or 'bf16': bf16 autocast of every forward pass (rollout
+            sampling, EMA/reference log-probs and decodes, rewards, both phases); weights,
+            gradients and optimizer states stay fp32 (``tools/train.py --amp`` sets 'bf16').
     """
 
     # tiny random parts (no files); the real toy recipe is configs/ranke/ranke_toy.py
@@ -160,9 +163,15 @@ class RankEModel(BaseModel):
                  reward_weights: list | None = None, reward_normalize: str = 'none',
                  reward_std_eps: float | None = None, rollout: dict | None = None,
                  policy_cfg: dict | None = None, decoder_cfg: dict | None = None,
-                 safety: dict | None = None, data_preprocessor: dict | None = None,
-                 init_cfg: dict | None = None):
+                 safety: dict | None = None, precision: str = 'fp32',
+                 data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if precision not in PRECISIONS:
+            from rankekit.utils.build import did_you_mean
+            raise ValueError(f'model.precision must be one of {tuple(PRECISIONS)}, got '
+                             f'{precision!r}.{did_you_mean(str(precision), PRECISIONS)} (fp16 '
+                             f'would need loss scaling, which RankE does not do: use bf16)')
+        self.precision = precision
         self.rollout_cfg = _merge(DEFAULT_ROLLOUT, rollout, 'rollout')
         self.policy_cfg = _merge(DEFAULT_POLICY, policy_cfg, 'policy_cfg')
         self.decoder_cfg = _merge(DEFAULT_DECODER, decoder_cfg, 'decoder_cfg')
@@ -278,6 +287,14 @@ class RankEModel(BaseModel):
         with recompute_in_backward(getattr(parts['decoder'], 'blocks', ()), recompute):
             return parts['decoder'](parts['post_quant_conv'](quant))
 
+    @property
+    def _decoder_dtype(self) -> torch.dtype:
+        return next(self.tokenizer.decoder_parameters()).dtype
+
+    def _autocast(self):
+        """The precision of forward passes (``model.precision``): bf16 autocast or none."""
+        return autocast(self.policy_steps.device, self.precision)
+
     def _policy(self, which: str) -> nn.Module:
         if which == 'ema' and self.policy_ema is None:
             raise ValueError('this model keeps no policy EMA (policy_cfg.ema_decay=None)')
@@ -299,9 +316,12 @@ class RankEModel(BaseModel):
                     for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
         settings.update(sampling)
         cond, mask = self.encode_prompts(prompts)
-        out = self._policy(policy).sample(cond, mask, generator=generator, seeds=seeds,
-                                          **settings)
-        return dict(tokens=out.tokens, images=to_unit_range(self.decode(out.tokens, decoder)))
+        with self._autocast():
+            out = self._policy(policy).sample(cond, mask, generator=generator, seeds=seeds,
+                                              **settings)
+            images = self.decode(out.tokens, decoder)
+        # in the decoder weights' dtype (fp32), also when autocast decoded them in bf16
+        return dict(tokens=out.tokens, images=to_unit_range(images.to(self._decoder_dtype)))
 
     @contextmanager
     def _requires_grad(self, module: nn.Module | None, flag: bool):
@@ -375,16 +395,18 @@ class RankEModel(BaseModel):
         start, stop, total = rank_rows(len(cond), self.policy_steps.device)
         uniforms = draw_uniforms(total, int(self.policy.num_image_tokens),
                                  generator=self._rollout_generator, device=cond.device)
-        out = self.policy.sample(
-            cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
-            cfg_first_n=self.rollout_cfg['cfg_first_n'],
-            temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
-            top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
-            return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
-        self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         group_prompts = [p for p in prompts for _ in range(G)]
-        images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
-        rewards, raw = self.rewards.score(to_unit_range(images), group_prompts, group_size=G)
+        with self._autocast():
+            out = self.policy.sample(
+                cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
+                cfg_first_n=self.rollout_cfg['cfg_first_n'],
+                temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
+                top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
+                return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
+            images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
+            rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
+                                              group_size=G)
+        self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         return dict(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
                     images=images, rewards=rewards, raw_rewards=raw, group_size=G,
                     topk_logits=out.topk_logits, topk_indices=out.topk_indices)
@@ -405,14 +427,15 @@ class RankEModel(BaseModel):
     def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
         anchor = self.policy_anchor
-        with torch.no_grad():  # the frozen initial policy: KL logging, anchors, 'ref' losses
+        # the frozen initial policy: KL logging, anchors, 'ref' losses
+        with torch.no_grad(), self._autocast():
             logp_ref = self.policy_ref.log_probs(ro['cond'], ro['mask'], ro['tokens'])
             anchor_ref = logp_ref
             if anchor is not None and anchor.uses == 'outputs' and anchor.reference == 'ema':
                 anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
-            with wrapper.optim_context(self), recompute_in_backward(
+            with wrapper.optim_context(self), self._autocast(), recompute_in_backward(
                     getattr(self.policy, 'blocks', ()), self.policy_cfg['grad_checkpointing']):
                 logp = self.policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
@@ -458,7 +481,8 @@ class RankEModel(BaseModel):
         return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
-        with self._requires_grad(self.discriminator, True), wrapper.optim_context(self):
+        with self._requires_grad(self.discriminator, True), wrapper.optim_context(self), \
+                self._autocast():
             logits_real = self.discriminator(real)
             logits_fake = self.discriminator(fake.detach())
             loss = self.decoder_cfg['disc_weight'] * hinge_d_loss(logits_real, logits_fake)
@@ -486,17 +510,18 @@ class RankEModel(BaseModel):
         wrapper = optim_wrapper['decoder']
         # decoded once: the discriminator step (which leaves the decoder unchanged) sees it
         # detached, the decoder step keeps its graph
-        with wrapper.optim_context(self):
+        with wrapper.optim_context(self), self._autocast():
             recon = self.decode(gt_codes, 'online')
 
         if adversarial:
             fakes = [recon.detach()]
             if cfg['disc_sees_policy']:
-                with torch.no_grad():
+                with torch.no_grad(), self._autocast():
                     fakes.append(self.decode(ro['tokens'][chosen], 'online'))
             self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
 
-        with wrapper.optim_context(self), self._requires_grad(self.discriminator, False):
+        with wrapper.optim_context(self), self._autocast(), \
+                self._requires_grad(self.discriminator, False):
             l1 = (recon - real).abs().mean()
             nll = cfg['l1_weight'] * l1
             logs['decoder/l1'] = l1.detach()
@@ -599,7 +624,8 @@ class RankEModel(BaseModel):
         if run_policy:
             self.policy_step(ro, optim_wrapper['policy'], logs)
         if run_decoder:
-            real = data['image'].to(ro['images'].dtype) * 2.0 - 1.0
+            # the decoder weights' dtype (under autocast the rollout images are bf16)
+            real = data['image'].to(self._decoder_dtype) * 2.0 - 1.0
             self.decoder_step(ro, real, optim_wrapper, logs)
         if int(self.skipped_nonfinite) == skips_before:
             self.consecutive_skips.zero_()

@@ -159,6 +159,8 @@ def check_ranke_config(cfg: dict, where: str = 'model') -> None:
         elif isinstance(sub, dict):
             check_component_cfg(registry, sub, f'{where}.{key}', extra_keys=('pretrained',))
     check_settings(*merged_settings(cfg, where), where=where)
+    from rankekit.utils.memory import PRECISIONS
+    check_choice(cfg.get('precision', 'fp32'), f'{where}.precision', PRECISIONS)
 
 
 def check_built_model(model, where: str = 'model') -> None:

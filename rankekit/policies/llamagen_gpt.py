@@ -24,6 +24,7 @@ from torch import nn
 
 from rankekit.registry import POLICIES
 from rankekit.utils.checkpoint import LLAMAGEN_GPT_IGNORE, load_model_weights
+from rankekit.utils.memory import activation_dtype
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
                        sample_from_logits, token_logprobs)
@@ -494,7 +495,7 @@ class LlamaGenGPT(nn.Module):
             rows = cond
         R = rows.shape[0]
         p = self.layers[0].attention
-        dtype = self.tok_embeddings.weight.dtype
+        dtype = activation_dtype(self.tok_embeddings.weight.dtype, device)  # bf16 under autocast
         cache = torch.empty(len(self.layers), 2, R, p.n_kv_head, L, p.head_dim, dtype=dtype,
                             device=device)
         # additive score of the caption summary slot: log(#valid caption tokens)

@@ -1,15 +1,18 @@
-"""Memory savers shared by the policies and RankEModel.
+"""Memory savers shared by the policies and RankEModel: activation checkpointing, autocast.
 
 Each is off by default and then changes nothing: the plain modules run as before, bit for bit.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+#: ``model.precision`` -> autocast dtype (None: no autocast, every module in its own dtype)
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}
 
 
 @contextmanager
@@ -39,4 +42,26 @@ def recompute_in_backward(blocks: Iterable[nn.Module], enabled: bool = True):
                 block.forward = previous
 
 
-__all__ = ['recompute_in_backward']
+def autocast(device: torch.device | str, precision: str = 'fp32'):
+    """``torch.autocast`` to ``precision`` on ``device``'s type; 'fp32' is a no-op context.
+
+    Weights (and so the optimizers' states) stay in their own dtype: autocast runs matmuls and
+    convolutions in bf16 on bf16 copies made per call, and gradients reach the fp32 weights.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def activation_dtype(weight_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype layer outputs come in: autocast's where it is on for ``device``, else the
+    weights' (KV caches are allocated in it: half the bytes under bf16 autocast)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight_dtype
+
+
+__all__ = ['PRECISIONS', 'recompute_in_backward', 'autocast', 'activation_dtype']
