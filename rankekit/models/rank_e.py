@@ -42,7 +42,7 @@ _DECODE_WITH = ('online', 'ema', 'base')
 DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
                        top_k=0, top_p=1.0, decode_with='ema', seed=None)
 DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10,
-                      grad_checkpointing=False)
+                      grad_checkpointing=False, logprobs='conditional')
 DEFAULT_DECODER = dict(
     ema_decay=0.99,
     l1_weight=1.0, perceptual_weight=1.0, recon_weight=1.0,
@@ -125,7 +125,12 @@ class RankEModel(BaseModel):
         policy_cfg: inner_epochs (PPO epochs on one rollout), ema_decay, ema_interval (policy
             steps between EMA updates; ema_decay=None keeps no policy EMA), grad_checkpointing
             (recompute each transformer block of the teacher-forced pass in the backward pass:
-            activation memory of one block instead of all, for about one more forward).
+            activation memory of one block instead of all, for about one more forward),
+            logprobs: the distribution that logp, logp_old and logp_ref are taken under:
+            'conditional' (as released: the conditional logits, no CFG, temperature 1, no top-k)
+            or 'sampler' (the one the rollout was drawn from: CFG-combined with the rollout's
+            cfg_scale / cfg_first_n, then temperature, top-k, top-p), so that the PPO ratio and
+            the KL anchor estimate what they claim; it costs a second (unconditional) pass.
         decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
             adaptive_gan_weight; disc_weight, disc_start (decoder steps before the adversarial
             terms start); rank_gan_weight; reward_weight (reward backprop, differentiable
@@ -424,20 +429,29 @@ class RankEModel(BaseModel):
         return logs
 
     # ----------------------------------------------------------------------------- phases
+    def _log_probs(self, policy: nn.Module, ro: dict) -> Tensor:
+        """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
+        released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
+        if self.policy_cfg['logprobs'] == 'conditional':
+            return policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+        settings = {k: self.rollout_cfg[k]
+                    for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
+        return policy.sampler_log_probs(ro['cond'], ro['mask'], ro['tokens'], **settings)
+
     def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
         anchor = self.policy_anchor
         # the frozen initial policy: KL logging, anchors, 'ref' losses
         with torch.no_grad(), self._autocast():
-            logp_ref = self.policy_ref.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+            logp_ref = self._log_probs(self.policy_ref, ro)
             anchor_ref = logp_ref
             if anchor is not None and anchor.uses == 'outputs' and anchor.reference == 'ema':
-                anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+                anchor_ref = self._log_probs(self.policy_ema, ro)
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
             with wrapper.optim_context(self), self._autocast(), recompute_in_backward(
                     getattr(self.policy, 'blocks', ()), self.policy_cfg['grad_checkpointing']):
-                logp = self.policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+                logp = self._log_probs(self.policy, ro)
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
                     logp_old = logp.detach()
                 out = self.rank_loss(logp, logp_old, ro['rewards'], ro['group_size'],

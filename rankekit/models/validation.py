@@ -106,6 +106,7 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
                  allow_none=True, why=' (None keeps no policy EMA; 1 would never move)')
     check_int(policy_cfg['ema_interval'], f'{p}.ema_interval', low=1)
     check_bool(policy_cfg['grad_checkpointing'], f'{p}.grad_checkpointing')
+    check_choice(policy_cfg['logprobs'], f'{p}.logprobs', ('conditional', 'sampler'))
 
     d = f'{where}.decoder_cfg'
     check_number(decoder_cfg['ema_decay'], f'{d}.ema_decay', low=0.0, high=1.0, high_open=True,
@@ -181,6 +182,11 @@ def check_built_model(model, where: str = 'model') -> None:
             raise ValueError(f'{where}.{key}.grad_checkpointing=True needs {type(part).__name__} '
                              f'to list its {what} (a `blocks` property, as LlamaGenGPT, '
                              f'JanusProPolicy and the VQ decoder have); set it to False')
+    if model.policy_cfg['logprobs'] == 'sampler' and not hasattr(model.policy,
+                                                                 'sampler_log_probs'):
+        raise ValueError(f"{where}.policy_cfg.logprobs='sampler' needs "
+                         f'{type(model.policy).__name__}.sampler_log_probs (LlamaGenGPT and '
+                         f"JanusProPolicy have it); use logprobs='conditional'")
     top_k = getattr(model.rank_weights, 'top_k', None)
     if isinstance(top_k, int) and top_k > group:
         raise ValueError(f'{where}.rank_weights.top_k={top_k} is larger than '
