@@ -28,6 +28,8 @@ from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
 from rankekit.models.ema import ema_update_, frozen_copy
+from rankekit.models.lora import (DEFAULT_LORA, AdapterEMA, add_lora, adapters_disabled,
+                                  is_adapter_key, merged_state_dict)
 from rankekit.policies.sampling import draw_uniforms
 from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
                                TEXT_ENCODERS, TOKENIZERS)
@@ -79,15 +81,22 @@ def to_unit_range(images: Tensor) -> Tensor:
     return (images.clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
+def _not_checkpointed(module, name: str) -> bool:
+    # a LoRA policy's base weights are frozen and come from the config too: only its adapters
+    # (and their EMA) go into checkpoints
+    return name.startswith(NOT_CHECKPOINTED) or (
+        module.lora_cfg is not None and name.startswith('policy.') and not is_adapter_key(name))
+
+
 def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
-    for key in [k for k in state_dict if k[len(prefix):].startswith(NOT_CHECKPOINTED)]:
+    for key in [k for k in state_dict if _not_checkpointed(module, k[len(prefix):])]:
         del state_dict[key]
     return state_dict
 
 
 def _fill_frozen_keys(module, state_dict, prefix, *args):
     # checkpoints do not hold the frozen modules: load them from the current (config) weights
-    for sub in NOT_CHECKPOINTED:
+    for sub in NOT_CHECKPOINTED + (('policy.',) if module.lora_cfg is not None else ()):
         owner = module
         for part in sub.rstrip('.').split('.'):
             owner = getattr(owner, part, None)
@@ -142,6 +151,10 @@ class RankEModel(BaseModel):
         precision: 'fp32' (default) or 'bf16': bf16 autocast of every forward pass (rollout
             sampling, EMA/reference log-probs and decodes, rewards, both phases); weights,
             gradients and optimizer states stay fp32 (``tools/train.py --amp`` sets 'bf16').
+        lora: None (full fine-tuning) or dict(r, alpha, target_modules): train LoRA adapters
+            of the policy (``pip install "rankekit[lora]"``, :mod:`rankekit.models.lora`); the
+            reference policy is the adapter switched off (no frozen copy), the policy EMA
+            averages the adapters only, checkpoints hold the adapters, not the frozen base.
     """
 
     # tiny random parts (no files); the real toy recipe is configs/ranke/ranke_toy.py
@@ -168,7 +181,7 @@ class RankEModel(BaseModel):
                  reward_weights: list | None = None, reward_normalize: str = 'none',
                  reward_std_eps: float | None = None, rollout: dict | None = None,
                  policy_cfg: dict | None = None, decoder_cfg: dict | None = None,
-                 safety: dict | None = None, precision: str = 'fp32',
+                 safety: dict | None = None, precision: str = 'fp32', lora: dict | None = None,
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if precision not in PRECISIONS:
@@ -193,6 +206,11 @@ class RankEModel(BaseModel):
         self.tokenizer = build_module(TOKENIZERS, tokenizer, 'model.tokenizer')
         self.tokenizer.freeze_encoder()
         self.policy = build_module(POLICIES, policy, 'model.policy')
+        from rankekit.models.validation import check_lora
+        check_lora(lora)
+        self.lora_cfg = None if lora is None else _merge(DEFAULT_LORA, lora, 'lora')
+        if self.lora_cfg is not None:
+            add_lora(self.policy, self.lora_cfg)
         self.discriminator = (build_module(MODELS, discriminator, 'model.discriminator')
                               if discriminator else None)
         # --- frozen modules -----------------------------------------------------------------
@@ -218,9 +236,13 @@ class RankEModel(BaseModel):
         self.decoder_anchor = (build_module(ANCHORS, decoder_anchor, 'model.decoder_anchor')
                                if decoder_anchor else None)
         # --- reference and EMA copies (never trained by an optimizer) ------------------------
-        self.policy_ref = frozen_copy(self.policy)
-        self.policy_ema = (frozen_copy(self.policy)
-                           if self.policy_cfg['ema_decay'] is not None else None)
+        keep_ema = self.policy_cfg['ema_decay'] is not None
+        if self.lora_cfg is None:
+            self.policy_ref = frozen_copy(self.policy)
+            self.policy_ema = frozen_copy(self.policy) if keep_ema else None
+        else:  # the adapter switched off is the initial policy; the EMA is the adapters'
+            self.policy_ref = None
+            self.policy_ema = AdapterEMA(self.policy) if keep_ema else None
         decoder = nn.ModuleDict(self.tokenizer.decoder_modules())
         self.decoder_base = frozen_copy(decoder)
         self.decoder_ema = frozen_copy(decoder)
@@ -300,10 +322,34 @@ class RankEModel(BaseModel):
         """The precision of forward passes (``model.precision``): bf16 autocast or none."""
         return autocast(self.policy_steps.device, self.precision)
 
-    def _policy(self, which: str) -> nn.Module:
+    @contextmanager
+    def policy_as(self, which: str):
+        """The 'online', 'ema' or 'base' (initial) policy, for the calls made inside.
+
+        Full fine-tuning: the policy or one of its frozen copies. LoRA: always ``self.policy``,
+        with the EMA adapter weights swapped in ('ema') or the adapters disabled ('base').
+        """
+        if which not in _DECODE_WITH:
+            raise ValueError(f"policy must be one of {_DECODE_WITH}, got '{which}'")
         if which == 'ema' and self.policy_ema is None:
             raise ValueError('this model keeps no policy EMA (policy_cfg.ema_decay=None)')
-        return {'online': self.policy, 'ema': self.policy_ema, 'base': self.policy_ref}[which]
+        if self.lora_cfg is None:
+            yield {'online': self.policy, 'ema': self.policy_ema, 'base': self.policy_ref}[which]
+        elif which == 'base':
+            with adapters_disabled(self.policy):
+                yield self.policy
+        elif which == 'ema':
+            with self.policy_ema.applied(self.policy):
+                yield self.policy
+        else:
+            yield self.policy
+
+    def export_policy_state(self, which: str = 'online') -> dict:
+        """The policy's weights in its official key layout (LoRA adapters merged in)."""
+        with torch.no_grad(), self.policy_as(which) as policy:
+            if self.lora_cfg is None:
+                return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            return merged_state_dict(policy)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -321,9 +367,8 @@ class RankEModel(BaseModel):
                     for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
         settings.update(sampling)
         cond, mask = self.encode_prompts(prompts)
-        with self._autocast():
-            out = self._policy(policy).sample(cond, mask, generator=generator, seeds=seeds,
-                                              **settings)
+        with self._autocast(), self.policy_as(policy) as sampler:
+            out = sampler.sample(cond, mask, generator=generator, seeds=seeds, **settings)
             images = self.decode(out.tokens, decoder)
         # in the decoder weights' dtype (fp32), also when autocast decoded them in bf16
         return dict(tokens=out.tokens, images=to_unit_range(images.to(self._decoder_dtype)))
@@ -443,10 +488,12 @@ class RankEModel(BaseModel):
         anchor = self.policy_anchor
         # the frozen initial policy: KL logging, anchors, 'ref' losses
         with torch.no_grad(), self._autocast():
-            logp_ref = self._log_probs(self.policy_ref, ro)
+            with self.policy_as('base') as reference:
+                logp_ref = self._log_probs(reference, ro)
             anchor_ref = logp_ref
             if anchor is not None and anchor.uses == 'outputs' and anchor.reference == 'ema':
-                anchor_ref = self._log_probs(self.policy_ema, ro)
+                with self.policy_as('ema') as ema:
+                    anchor_ref = self._log_probs(ema, ro)
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
             with wrapper.optim_context(self), self._autocast(), recompute_in_backward(
@@ -480,7 +527,11 @@ class RankEModel(BaseModel):
                 logs[f'policy/{key}'] = value
         interval = int(self.policy_cfg['ema_interval'])
         if self.policy_ema is not None and int(self.policy_steps) % interval == 0:
-            ema_update_(self.policy_ema, self.policy, float(self.policy_cfg['ema_decay']))
+            decay = float(self.policy_cfg['ema_decay'])
+            if self.lora_cfg is None:
+                ema_update_(self.policy_ema, self.policy, decay)
+            else:
+                self.policy_ema.update_(self.policy, decay)
 
     def _adaptive_gan_weight(self, nll: Tensor, g_loss: Tensor) -> Tensor:
         """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4].

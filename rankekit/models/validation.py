@@ -162,6 +162,26 @@ def check_ranke_config(cfg: dict, where: str = 'model') -> None:
     check_settings(*merged_settings(cfg, where), where=where)
     from rankekit.utils.memory import PRECISIONS
     check_choice(cfg.get('precision', 'fp32'), f'{where}.precision', PRECISIONS)
+    check_lora(cfg.get('lora'), where)
+
+
+def check_lora(lora, where: str = 'model') -> None:
+    """``model.lora``: None, or r (int >= 1), alpha (> 0), target_modules (None or names)."""
+    if lora is None:
+        return
+    if not isinstance(lora, dict):
+        raise TypeError(f'{where}.lora must be None or a dict (r, alpha, target_modules), got '
+                        f'{_show(lora)}')
+    from rankekit.models.lora import DEFAULT_LORA
+    from rankekit.models.rank_e import _merge
+    lora = _merge(DEFAULT_LORA, lora, 'lora')
+    check_int(lora['r'], f'{where}.lora.r', low=1)
+    check_number(lora['alpha'], f'{where}.lora.alpha', low=0.0, low_open=True)
+    targets = lora['target_modules']
+    if targets is not None and (isinstance(targets, str) or not all(
+            isinstance(t, str) for t in targets)):
+        raise TypeError(f"{where}.lora.target_modules must be None (the policy's default) or a "
+                        f"list of module names, e.g. ['wqkv', 'wo'], got {_show(targets)}")
 
 
 def check_built_model(model, where: str = 'model') -> None:
@@ -187,6 +207,13 @@ def check_built_model(model, where: str = 'model') -> None:
         raise ValueError(f"{where}.policy_cfg.logprobs='sampler' needs "
                          f'{type(model.policy).__name__}.sampler_log_probs (LlamaGenGPT and '
                          f"JanusProPolicy have it); use logprobs='conditional'")
+    if model.lora_cfg is not None:
+        anchor = model.policy_anchor
+        if anchor is not None and getattr(anchor, 'uses', 'outputs') == 'params':
+            raise ValueError(f'{where}.policy_anchor ({type(anchor).__name__}) compares parameters '
+                             f'with a reference copy, which a LoRA policy does not keep (its '
+                             f'reference is the adapter switched off); use a KL or EMA anchor, '
+                             f'or set {where}.lora=None')
     top_k = getattr(model.rank_weights, 'top_k', None)
     if isinstance(top_k, int) and top_k > group:
         raise ValueError(f'{where}.rank_weights.top_k={top_k} is larger than '

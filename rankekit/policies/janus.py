@@ -253,6 +253,9 @@ class JanusProPolicy(nn.Module):
     """
 
     info_example = dict(type='JanusProPolicy', arch='tiny')
+    #: what model.lora adapts by default: every linear layer of the LLaMA decoder layers
+    lora_target_modules = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
+                           'down_proj')
 
     def __init__(self, arch: str | None = None, pretrained: str | None = None, *,
                  language_config: dict | None = None, image_token_size: int | None = None,

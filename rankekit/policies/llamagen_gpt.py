@@ -212,6 +212,8 @@ class LlamaGenGPT(nn.Module):
     """
 
     info_example = dict(type='LlamaGenGPT', arch='tiny')
+    #: what model.lora adapts by default: every linear layer of the transformer blocks
+    lora_target_modules = ('wqkv', 'wo', 'w1', 'w2', 'w3')
 
     def __init__(self, arch: str | None = None, *, dim: int | None = None,
                  n_layer: int | None = None, n_head: int | None = None,
