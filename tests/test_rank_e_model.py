@@ -240,3 +240,59 @@ def test_toy_and_real_recipes_leave_seeds_to_the_run():
         cfg = load_config(name)
         assert cfg.model.rollout.get('seed') is None
         assert cfg.train_dataloader.sampler.get('seed') is None  # MMEngine passes the run's seed
+
+
+def test_l2_fisher_anchor_on_the_decoder_collects_its_estimate():
+    """The decoder's Fisher is the squared gradient of its own update (fisher_steps=1), not left
+    at zero (only the policy update used to feed an anchor's Fisher estimate)."""
+    model, optim = build(decoder_anchor=dict(type='L2Anchor', weight=1.0, fisher=True,
+                                             fisher_steps=1))
+    wrapper, seen = optim['decoder'], {}
+    step = wrapper.step
+
+    def spy(*args, **kwargs):  # the gradients the update used, before the step clears them
+        seen.update({n: p.grad.clone() for n, p in model.optim_parts()['decoder'].named_parameters()
+                     if p.grad is not None})
+        return step(*args, **kwargs)
+
+    wrapper.step = spy
+    model.train_step(batch(), optim)
+    anchor = model.decoder_anchor
+    assert int(anchor.fisher_count) == 1 and seen
+    for name, grad in seen.items():
+        torch.testing.assert_close(getattr(anchor.fisher_state, name.replace('.', '__')),
+                                   grad.pow(2), rtol=0, atol=0)
+    before = {k: v.clone() for k, v in anchor.fisher_state.named_buffers()}
+    logs = model.train_step(batch(), optim)  # past fisher_steps: the estimate stays
+    assert int(anchor.fisher_count) == 1 and float(logs['decoder/anchor']) > 0
+    assert all(torch.equal(v, before[k]) for k, v in anchor.fisher_state.named_buffers())
+
+
+def test_group_normalisation_keeps_flat_groups_flat_for_grpo():
+    """reward_normalize='group': a group whose rewards differ only by rounding noise normalises
+    to 0, so GRPO's zero-std check still sees it flat (with the old (r - mean) / (std + 1e-6) it
+    became +-0.07 and got full-size advantages); the threshold is the loss's std_eps."""
+    from rankekit.losses.rank_losses import GRPOLoss
+    from rankekit.rewards.combiner import RewardCombiner
+    from tiny_components import RednessReward
+    combiner = RewardCombiner([RednessReward(name='a')], normalize='group', group_std_eps=1e-4)
+    images = torch.zeros(8, 3, 2, 2)
+    redness = torch.tensor([0.5, 0.5 + 1e-7, 0.5, 0.5 - 1e-7, 0.1, 0.3, 0.5, 0.7])
+    images[:, 0] = redness.view(8, 1, 1)
+    combined, _ = combiner.score(images, ['p'] * 8, group_size=4)
+    assert torch.equal(combined[:4], torch.zeros(4))
+    z = (redness[4:] - 0.4) / redness[4:].std(unbiased=False)
+    torch.testing.assert_close(combined[4:], z)
+    out = GRPOLoss()(torch.zeros(8, 3, requires_grad=True), torch.zeros(8, 3), combined, 4)
+    assert float(out['frac_zero_std']) == 0.5
+    # the decoder's differentiable path: a flat group gives no gradient (not a 1e6-scaled one)
+    stats = combiner.group_statistics(dict(a=redness), 4, torch.tensor([1, 5]))
+    images.requires_grad_(True)
+    combiner.differentiable_score(images[[1, 5]], ['p', 'p'], stats).sum().backward()
+    assert images.grad[1].abs().sum() == 0 and images.grad[5].abs().sum() > 0
+    model, _ = build(reward_normalize='group', rank_loss=dict(type='GRPOLoss', std_eps=0.05))
+    assert model.rewards.group_std_eps == 0.05  # the loss's threshold by default
+    model, _ = build(reward_normalize='group', reward_std_eps=1e-3)
+    assert model.rewards.group_std_eps == 1e-3
+    with pytest.raises(ValueError, match=r'model.reward_std_eps must be > 0.0, got 0'):
+        build(reward_normalize='group', reward_std_eps=0)

@@ -24,7 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'trained with in keys that change the experiment (model, optimizer, '
                         'data, ...); by default that is an error')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (needs a GPU)')
+                        help="automatic mixed precision: for RankE, model.precision='bf16' (bf16 "
+                        'autocast, fp32 weights and optimizer states; also on CPU); for other '
+                        'models fp16 AmpOptimWrapper (needs a GPU)')
     parser.add_argument('--seed', type=int, default=None,
                         help='random seed (overrides randomness.seed of the config)')
     parser.add_argument('--deterministic', action='store_true',
@@ -115,7 +117,11 @@ def setup_cfg(args: argparse.Namespace):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = default_work_dir(args.config)
-    if args.amp:
+    if args.amp and _is_rank_e_model(cfg.get('model')):
+        # RankE runs its own forward passes: bf16 autocast inside them, the optimizers untouched
+        # (bf16 needs no loss scaling; AmpOptimWrapper's fp16 would)
+        cfg.model.precision = 'bf16'
+    elif args.amp:
         import torch
         if not torch.cuda.is_available():
             raise RuntimeError('--amp needs a CUDA GPU; none is visible (drop --amp on CPU)')

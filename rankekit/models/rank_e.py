@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from rankekit.losses.gan import adaptive_gan_weight, hinge_d_loss
 from rankekit.models.ema import ema_update_, frozen_copy
+from rankekit.models.lora import (DEFAULT_LORA, AdapterEMA, add_lora, adapters_disabled,
+                                  is_adapter_key, merged_state_dict)
 from rankekit.policies.sampling import draw_uniforms
 from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
                                TEXT_ENCODERS, TOKENIZERS)
@@ -36,19 +38,21 @@ from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
 from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
                                         rank_rows)
+from rankekit.utils.memory import PRECISIONS, autocast, recompute_in_backward
 
 _DECODE_WITH = ('online', 'ema', 'base')
 
 DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
                        top_k=0, top_p=1.0, decode_with='ema', seed=None)
-DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10)
+DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10,
+                      grad_checkpointing=False, logprobs='conditional')
 DEFAULT_DECODER = dict(
     ema_decay=0.99,
     l1_weight=1.0, perceptual_weight=1.0, recon_weight=1.0,
     gan_weight=0.5, adaptive_gan_weight=True, disc_weight=0.5, disc_start=100,
     rank_gan_weight=0.5, reward_weight=0.01,
     disc_sees_policy=False, policy_decode='selected',
-    lasc_weight=0.0, lasc_top_k=20)
+    lasc_weight=0.0, lasc_top_k=20, grad_checkpointing=False)
 DEFAULT_SAFETY = dict(max_consecutive_skips=20)
 # frozen modules rebuilt from their config files: left out of checkpoints (a ViT-L/14 reward or a
 # flan-t5-xl encoder would otherwise add gigabytes to every checkpoint); the reference/EMA copies
@@ -73,15 +77,22 @@ def to_unit_range(images: Tensor) -> Tensor:
     return (images.clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
+def _not_checkpointed(module, name: str) -> bool:
+    # a LoRA policy's base weights are frozen and come from the config too: only its adapters
+    # (and their EMA) go into checkpoints
+    return name.startswith(NOT_CHECKPOINTED) or (
+        module.lora_cfg is not None and name.startswith('policy.') and not is_adapter_key(name))
+
+
 def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
-    for key in [k for k in state_dict if k[len(prefix):].startswith(NOT_CHECKPOINTED)]:
+    for key in [k for k in state_dict if _not_checkpointed(module, k[len(prefix):])]:
         del state_dict[key]
     return state_dict
 
 
 def _fill_frozen_keys(module, state_dict, prefix, *args):
     # checkpoints do not hold the frozen modules: load them from the current (config) weights
-    for sub in NOT_CHECKPOINTED:
+    for sub in NOT_CHECKPOINTED + (('policy.',) if module.lora_cfg is not None else ()):
         owner = module
         for part in sub.rstrip('.').split('.'):
             owner = getattr(owner, part, None)
@@ -105,6 +116,9 @@ class RankEModel(BaseModel):
         text_encoder: TEXT_ENCODERS config; frozen.
         rewards: one REWARDS config or a list; ``reward_weights`` and ``reward_normalize``
             ('none' | 'running' | 'group') combine them (:class:`RewardCombiner`).
+        reward_std_eps: with ``reward_normalize='group'``, a group whose reward std is below
+            this is flat and normalises to 0; None: the rank loss's ``std_eps`` (GRPO: 1e-4), so
+            that the loss's zero-std check still sees the group as flat.
         rank_loss: RANK_LOSSES config for the policy phase (GRPO, listwise, pairwise).
         rank_weights: RANK_WEIGHTS config turning rewards into decoder weights (top-K softmax).
         policy_anchor / decoder_anchor: ANCHORS configs or None.
@@ -114,14 +128,29 @@ class RankEModel(BaseModel):
             decode_with ('ema' | 'online' | 'base': the decoder that renders rollouts for the
             rewards), seed (the rollout RNG, checkpointed; None: the run's seed).
         policy_cfg: inner_epochs (PPO epochs on one rollout), ema_decay, ema_interval (policy
-            steps between EMA updates; ema_decay=None keeps no policy EMA).
+            steps between EMA updates; ema_decay=None keeps no policy EMA), grad_checkpointing
+            (recompute each transformer block of the teacher-forced pass in the backward pass:
+            activation memory of one block instead of all, for about one more forward),
+            logprobs: the distribution that logp, logp_old and logp_ref are taken under:
+            'conditional' (as released: the conditional logits, no CFG, temperature 1, no top-k)
+            or 'sampler' (the one the rollout was drawn from: CFG-combined with the rollout's
+            cfg_scale / cfg_first_n, then temperature, top-k, top-p), so that the PPO ratio and
+            the KL anchor estimate what they claim; it costs a second (unconditional) pass.
         decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
             adaptive_gan_weight; disc_weight, disc_start (decoder steps before the adversarial
             terms start); rank_gan_weight; reward_weight (reward backprop, differentiable
             rewards only); disc_sees_policy (also show policy decodes to the discriminator as
             fakes; the release never does); policy_decode ('selected': decode only rollouts
-            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k.
+            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k; grad_checkpointing
+            (the same for the blocks of the online decoder).
         safety: max_consecutive_skips before the run stops with :class:`NonFiniteError`.
+        precision: 'fp32' (default) or 'bf16': bf16 autocast of every forward pass (rollout
+            sampling, EMA/reference log-probs and decodes, rewards, both phases); weights,
+            gradients and optimizer states stay fp32 (``tools/train.py --amp`` sets 'bf16').
+        lora: None (full fine-tuning) or dict(r, alpha, target_modules): train LoRA adapters
+            of the policy (``pip install "rankekit[lora]"``, :mod:`rankekit.models.lora`); the
+            reference policy is the adapter switched off (no frozen copy), the policy EMA
+            averages the adapters only, checkpoints hold the adapters, not the frozen base.
     """
 
     # tiny random parts (no files); the real toy recipe is configs/ranke/ranke_toy.py
@@ -146,10 +175,17 @@ class RankEModel(BaseModel):
                  policy_anchor: dict | None = None, decoder_anchor: dict | None = None,
                  perceptual_loss: dict | None = None, discriminator: dict | None = None,
                  reward_weights: list | None = None, reward_normalize: str = 'none',
-                 rollout: dict | None = None, policy_cfg: dict | None = None,
-                 decoder_cfg: dict | None = None, safety: dict | None = None,
+                 reward_std_eps: float | None = None, rollout: dict | None = None,
+                 policy_cfg: dict | None = None, decoder_cfg: dict | None = None,
+                 safety: dict | None = None, precision: str = 'fp32', lora: dict | None = None,
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if precision not in PRECISIONS:
+            from rankekit.utils.build import did_you_mean
+            raise ValueError(f'model.precision must be one of {tuple(PRECISIONS)}, got '
+                             f'{precision!r}.{did_you_mean(str(precision), PRECISIONS)} (fp16 '
+                             f'would need loss scaling, which RankE does not do: use bf16)')
+        self.precision = precision
         self.rollout_cfg = _merge(DEFAULT_ROLLOUT, rollout, 'rollout')
         self.policy_cfg = _merge(DEFAULT_POLICY, policy_cfg, 'policy_cfg')
         self.decoder_cfg = _merge(DEFAULT_DECODER, decoder_cfg, 'decoder_cfg')
@@ -166,17 +202,29 @@ class RankEModel(BaseModel):
         self.tokenizer = build_module(TOKENIZERS, tokenizer, 'model.tokenizer')
         self.tokenizer.freeze_encoder()
         self.policy = build_module(POLICIES, policy, 'model.policy')
+        from rankekit.models.validation import check_lora
+        check_lora(lora)
+        self.lora_cfg = None if lora is None else _merge(DEFAULT_LORA, lora, 'lora')
+        if self.lora_cfg is not None:
+            add_lora(self.policy, self.lora_cfg)
         self.discriminator = (build_module(MODELS, discriminator, 'model.discriminator')
                               if discriminator else None)
         # --- frozen modules -----------------------------------------------------------------
         self.text_encoder = build_module(TEXT_ENCODERS, text_encoder, 'model.text_encoder')
         self.text_encoder.requires_grad_(False).eval()
-        self.rewards = RewardCombiner(rewards, reward_weights, reward_normalize)
+        # the rank loss (no weights, no random draws) first: its std_eps is the rewards' default
+        self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
+        from rankekit.models.validation import check_number
+        check_number(reward_std_eps, 'model.reward_std_eps', low=0.0, low_open=True,
+                     allow_none=True)
+        if reward_std_eps is None:  # the loss's flat-group threshold (GRPO's std_eps)
+            reward_std_eps = getattr(self.rank_loss, 'std_eps', 1e-4)
+        self.rewards = RewardCombiner(rewards, reward_weights, reward_normalize,
+                                      group_std_eps=reward_std_eps)
         self.perceptual = (build_module(LOSSES, perceptual_loss, 'model.perceptual_loss')
                            if perceptual_loss else None)
         if self.perceptual is not None:
             self.perceptual.requires_grad_(False).eval()
-        self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
         self.rank_weights = build_module(
             RANK_WEIGHTS, rank_weights or dict(type='TopKSoftmaxWeights'), 'model.rank_weights')
         self.policy_anchor = (build_module(ANCHORS, policy_anchor, 'model.policy_anchor')
@@ -184,9 +232,13 @@ class RankEModel(BaseModel):
         self.decoder_anchor = (build_module(ANCHORS, decoder_anchor, 'model.decoder_anchor')
                                if decoder_anchor else None)
         # --- reference and EMA copies (never trained by an optimizer) ------------------------
-        self.policy_ref = frozen_copy(self.policy)
-        self.policy_ema = (frozen_copy(self.policy)
-                           if self.policy_cfg['ema_decay'] is not None else None)
+        keep_ema = self.policy_cfg['ema_decay'] is not None
+        if self.lora_cfg is None:
+            self.policy_ref = frozen_copy(self.policy)
+            self.policy_ema = frozen_copy(self.policy) if keep_ema else None
+        else:  # the adapter switched off is the initial policy; the EMA is the adapters'
+            self.policy_ref = None
+            self.policy_ema = AdapterEMA(self.policy) if keep_ema else None
         decoder = nn.ModuleDict(self.tokenizer.decoder_modules())
         self.decoder_base = frozen_copy(decoder)
         self.decoder_ema = frozen_copy(decoder)
@@ -254,12 +306,46 @@ class RankEModel(BaseModel):
         quant = self.tokenizer.quantize.get_codebook_entry(
             codes.reshape(-1), (codes.shape[0], self.tokenizer.codebook_embed_dim, side, side),
             True)
-        return parts['decoder'](parts['post_quant_conv'](quant))
+        recompute = which == 'online' and self.decoder_cfg['grad_checkpointing']
+        with recompute_in_backward(getattr(parts['decoder'], 'blocks', ()), recompute):
+            return parts['decoder'](parts['post_quant_conv'](quant))
 
-    def _policy(self, which: str) -> nn.Module:
+    @property
+    def _decoder_dtype(self) -> torch.dtype:
+        return next(self.tokenizer.decoder_parameters()).dtype
+
+    def _autocast(self):
+        """The precision of forward passes (``model.precision``): bf16 autocast or none."""
+        return autocast(self.policy_steps.device, self.precision)
+
+    @contextmanager
+    def policy_as(self, which: str):
+        """The 'online', 'ema' or 'base' (initial) policy, for the calls made inside.
+
+        Full fine-tuning: the policy or one of its frozen copies. LoRA: always ``self.policy``,
+        with the EMA adapter weights swapped in ('ema') or the adapters disabled ('base').
+        """
+        if which not in _DECODE_WITH:
+            raise ValueError(f"policy must be one of {_DECODE_WITH}, got '{which}'")
         if which == 'ema' and self.policy_ema is None:
             raise ValueError('this model keeps no policy EMA (policy_cfg.ema_decay=None)')
-        return {'online': self.policy, 'ema': self.policy_ema, 'base': self.policy_ref}[which]
+        if self.lora_cfg is None:
+            yield {'online': self.policy, 'ema': self.policy_ema, 'base': self.policy_ref}[which]
+        elif which == 'base':
+            with adapters_disabled(self.policy):
+                yield self.policy
+        elif which == 'ema':
+            with self.policy_ema.applied(self.policy):
+                yield self.policy
+        else:
+            yield self.policy
+
+    def export_policy_state(self, which: str = 'online') -> dict:
+        """The policy's weights in its official key layout (LoRA adapters merged in)."""
+        with torch.no_grad(), self.policy_as(which) as policy:
+            if self.lora_cfg is None:
+                return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            return merged_state_dict(policy)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -277,9 +363,11 @@ class RankEModel(BaseModel):
                     for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
         settings.update(sampling)
         cond, mask = self.encode_prompts(prompts)
-        out = self._policy(policy).sample(cond, mask, generator=generator, seeds=seeds,
-                                          **settings)
-        return dict(tokens=out.tokens, images=to_unit_range(self.decode(out.tokens, decoder)))
+        with self._autocast(), self.policy_as(policy) as sampler:
+            out = sampler.sample(cond, mask, generator=generator, seeds=seeds, **settings)
+            images = self.decode(out.tokens, decoder)
+        # in the decoder weights' dtype (fp32), also when autocast decoded them in bf16
+        return dict(tokens=out.tokens, images=to_unit_range(images.to(self._decoder_dtype)))
 
     @contextmanager
     def _requires_grad(self, module: nn.Module | None, flag: bool):
@@ -353,16 +441,18 @@ class RankEModel(BaseModel):
         start, stop, total = rank_rows(len(cond), self.policy_steps.device)
         uniforms = draw_uniforms(total, int(self.policy.num_image_tokens),
                                  generator=self._rollout_generator, device=cond.device)
-        out = self.policy.sample(
-            cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
-            cfg_first_n=self.rollout_cfg['cfg_first_n'],
-            temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
-            top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
-            return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
-        self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         group_prompts = [p for p in prompts for _ in range(G)]
-        images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
-        rewards, raw = self.rewards.score(to_unit_range(images), group_prompts, group_size=G)
+        with self._autocast():
+            out = self.policy.sample(
+                cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
+                cfg_first_n=self.rollout_cfg['cfg_first_n'],
+                temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
+                top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
+                return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
+            images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
+            rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
+                                              group_size=G)
+        self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         return dict(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
                     images=images, rewards=rewards, raw_rewards=raw, group_size=G,
                     topk_logits=out.topk_logits, topk_indices=out.topk_indices)
@@ -380,18 +470,31 @@ class RankEModel(BaseModel):
         return logs
 
     # ----------------------------------------------------------------------------- phases
+    def _log_probs(self, policy: nn.Module, ro: dict) -> Tensor:
+        """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
+        released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
+        if self.policy_cfg['logprobs'] == 'conditional':
+            return policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+        settings = {k: self.rollout_cfg[k]
+                    for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
+        return policy.sampler_log_probs(ro['cond'], ro['mask'], ro['tokens'], **settings)
+
     def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
         anchor = self.policy_anchor
-        with torch.no_grad():  # the frozen initial policy: KL logging, anchors, 'ref' losses
-            logp_ref = self.policy_ref.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+        # the frozen initial policy: KL logging, anchors, 'ref' losses
+        with torch.no_grad(), self._autocast():
+            with self.policy_as('base') as reference:
+                logp_ref = self._log_probs(reference, ro)
             anchor_ref = logp_ref
             if anchor is not None and anchor.uses == 'outputs' and anchor.reference == 'ema':
-                anchor_ref = self.policy_ema.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+                with self.policy_as('ema') as ema:
+                    anchor_ref = self._log_probs(ema, ro)
         logp_old = None
         for _ in range(int(self.policy_cfg['inner_epochs'])):
-            with wrapper.optim_context(self):
-                logp = self.policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
+            with wrapper.optim_context(self), self._autocast(), recompute_in_backward(
+                    getattr(self.policy, 'blocks', ()), self.policy_cfg['grad_checkpointing']):
+                logp = self._log_probs(self.policy, ro)
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
                     logp_old = logp.detach()
                 out = self.rank_loss(logp, logp_old, ro['rewards'], ro['group_size'],
@@ -420,7 +523,11 @@ class RankEModel(BaseModel):
                 logs[f'policy/{key}'] = value
         interval = int(self.policy_cfg['ema_interval'])
         if self.policy_ema is not None and int(self.policy_steps) % interval == 0:
-            ema_update_(self.policy_ema, self.policy, float(self.policy_cfg['ema_decay']))
+            decay = float(self.policy_cfg['ema_decay'])
+            if self.lora_cfg is None:
+                ema_update_(self.policy_ema, self.policy, decay)
+            else:
+                self.policy_ema.update_(self.policy, decay)
 
     def _adaptive_gan_weight(self, nll: Tensor, g_loss: Tensor) -> Tensor:
         """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4].
@@ -432,7 +539,8 @@ class RankEModel(BaseModel):
                                    average_tensors_)
 
     def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
-        with self._requires_grad(self.discriminator, True), wrapper.optim_context(self):
+        with self._requires_grad(self.discriminator, True), wrapper.optim_context(self), \
+                self._autocast():
             logits_real = self.discriminator(real)
             logits_fake = self.discriminator(fake.detach())
             loss = self.decoder_cfg['disc_weight'] * hinge_d_loss(logits_real, logits_fake)
@@ -460,17 +568,18 @@ class RankEModel(BaseModel):
         wrapper = optim_wrapper['decoder']
         # decoded once: the discriminator step (which leaves the decoder unchanged) sees it
         # detached, the decoder step keeps its graph
-        with wrapper.optim_context(self):
+        with wrapper.optim_context(self), self._autocast():
             recon = self.decode(gt_codes, 'online')
 
         if adversarial:
             fakes = [recon.detach()]
             if cfg['disc_sees_policy']:
-                with torch.no_grad():
+                with torch.no_grad(), self._autocast():
                     fakes.append(self.decode(ro['tokens'][chosen], 'online'))
             self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
 
-        with wrapper.optim_context(self), self._requires_grad(self.discriminator, False):
+        with wrapper.optim_context(self), self._autocast(), \
+                self._requires_grad(self.discriminator, False):
             l1 = (recon - real).abs().mean()
             nll = cfg['l1_weight'] * l1
             logs['decoder/l1'] = l1.detach()
@@ -489,10 +598,13 @@ class RankEModel(BaseModel):
             if needs_policy_decode and len(chosen):
                 loss = loss + self._policy_token_terms(ro, chosen, w, adversarial, logs)
             logs['decoder/loss'] = loss.detach()
-        if self._safe_update(wrapper, loss, 'decoder', logs):
+        # a Fisher-weighted L2 anchor estimates its Fisher from this module's own gradients
+        observe = getattr(self.decoder_anchor, 'observe_gradients', None)
+        parts = nn.ModuleDict(self.tokenizer.decoder_modules())
+        if self._safe_update(wrapper, loss, 'decoder', logs,
+                             on_grads=observe and (lambda: observe(parts))):
             self.decoder_steps += 1
-            ema_update_(self.decoder_ema, nn.ModuleDict(self.tokenizer.decoder_modules()),
-                        float(cfg['ema_decay']))
+            ema_update_(self.decoder_ema, parts, float(cfg['ema_decay']))
 
     def _policy_token_terms(self, ro, chosen, w, adversarial, logs) -> Tensor:
         """The decoder terms on policy tokens: rank-GAN, reward backprop, anchor, LASC."""
@@ -570,7 +682,8 @@ class RankEModel(BaseModel):
         if run_policy:
             self.policy_step(ro, optim_wrapper['policy'], logs)
         if run_decoder:
-            real = data['image'].to(ro['images'].dtype) * 2.0 - 1.0
+            # the decoder weights' dtype (under autocast the rollout images are bf16)
+            real = data['image'].to(self._decoder_dtype) * 2.0 - 1.0
             self.decoder_step(ro, real, optim_wrapper, logs)
         if int(self.skipped_nonfinite) == skips_before:
             self.consecutive_skips.zero_()

@@ -105,6 +105,8 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
     check_number(policy_cfg['ema_decay'], f'{p}.ema_decay', low=0.0, high=1.0, high_open=True,
                  allow_none=True, why=' (None keeps no policy EMA; 1 would never move)')
     check_int(policy_cfg['ema_interval'], f'{p}.ema_interval', low=1)
+    check_bool(policy_cfg['grad_checkpointing'], f'{p}.grad_checkpointing')
+    check_choice(policy_cfg['logprobs'], f'{p}.logprobs', ('conditional', 'sampler'))
 
     d = f'{where}.decoder_cfg'
     check_number(decoder_cfg['ema_decay'], f'{d}.ema_decay', low=0.0, high=1.0, high_open=True,
@@ -112,7 +114,7 @@ def check_settings(rollout: dict, policy_cfg: dict, decoder_cfg: dict, safety: d
     for key in ('l1_weight', 'perceptual_weight', 'recon_weight', 'gan_weight', 'disc_weight',
                 'rank_gan_weight', 'reward_weight', 'lasc_weight'):
         check_number(decoder_cfg[key], f'{d}.{key}', low=0.0, why=' (0 turns the term off)')
-    for key in ('adaptive_gan_weight', 'disc_sees_policy'):
+    for key in ('adaptive_gan_weight', 'disc_sees_policy', 'grad_checkpointing'):
         check_bool(decoder_cfg[key], f'{d}.{key}')
     check_int(decoder_cfg['disc_start'], f'{d}.disc_start', low=0)
     check_choice(decoder_cfg['policy_decode'], f'{d}.policy_decode', ('selected', 'all'))
@@ -158,6 +160,28 @@ def check_ranke_config(cfg: dict, where: str = 'model') -> None:
         elif isinstance(sub, dict):
             check_component_cfg(registry, sub, f'{where}.{key}', extra_keys=('pretrained',))
     check_settings(*merged_settings(cfg, where), where=where)
+    from rankekit.utils.memory import PRECISIONS
+    check_choice(cfg.get('precision', 'fp32'), f'{where}.precision', PRECISIONS)
+    check_lora(cfg.get('lora'), where)
+
+
+def check_lora(lora, where: str = 'model') -> None:
+    """``model.lora``: None, or r (int >= 1), alpha (> 0), target_modules (None or names)."""
+    if lora is None:
+        return
+    if not isinstance(lora, dict):
+        raise TypeError(f'{where}.lora must be None or a dict (r, alpha, target_modules), got '
+                        f'{_show(lora)}')
+    from rankekit.models.lora import DEFAULT_LORA
+    from rankekit.models.rank_e import _merge
+    lora = _merge(DEFAULT_LORA, lora, 'lora')
+    check_int(lora['r'], f'{where}.lora.r', low=1)
+    check_number(lora['alpha'], f'{where}.lora.alpha', low=0.0, low_open=True)
+    targets = lora['target_modules']
+    if targets is not None and (isinstance(targets, str) or not all(
+            isinstance(t, str) for t in targets)):
+        raise TypeError(f"{where}.lora.target_modules must be None (the policy's default) or a "
+                        f"list of module names, e.g. ['wqkv', 'wo'], got {_show(targets)}")
 
 
 def check_built_model(model, where: str = 'model') -> None:
@@ -172,6 +196,24 @@ def check_built_model(model, where: str = 'model') -> None:
         if decoder_cfg['lasc_weight'] > 0:
             check_int(decoder_cfg['lasc_top_k'], f'{where}.decoder_cfg.lasc_top_k', low=1,
                       high=vocab, why=f' (the policy has {vocab} image tokens)')
+    for key, part, what in (('policy_cfg', model.policy, 'transformer blocks'),
+                            ('decoder_cfg', model.tokenizer.decoder, 'decoder blocks')):
+        if getattr(model, key)['grad_checkpointing'] and not hasattr(part, 'blocks'):
+            raise ValueError(f'{where}.{key}.grad_checkpointing=True needs {type(part).__name__} '
+                             f'to list its {what} (a `blocks` property, as LlamaGenGPT, '
+                             f'JanusProPolicy and the VQ decoder have); set it to False')
+    if model.policy_cfg['logprobs'] == 'sampler' and not hasattr(model.policy,
+                                                                 'sampler_log_probs'):
+        raise ValueError(f"{where}.policy_cfg.logprobs='sampler' needs "
+                         f'{type(model.policy).__name__}.sampler_log_probs (LlamaGenGPT and '
+                         f"JanusProPolicy have it); use logprobs='conditional'")
+    if model.lora_cfg is not None:
+        anchor = model.policy_anchor
+        if anchor is not None and getattr(anchor, 'uses', 'outputs') == 'params':
+            raise ValueError(f'{where}.policy_anchor ({type(anchor).__name__}) compares parameters '
+                             f'with a reference copy, which a LoRA policy does not keep (its '
+                             f'reference is the adapter switched off); use a KL or EMA anchor, '
+                             f'or set {where}.lora=None')
     top_k = getattr(model.rank_weights, 'top_k', None)
     if isinstance(top_k, int) and top_k > group:
         raise ValueError(f'{where}.rank_weights.top_k={top_k} is larger than '

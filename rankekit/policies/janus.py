@@ -45,7 +45,7 @@ from rankekit.utils.checkpoint import (WeightsFileError, _format_report, _missin
                                        load_weights_file, state_dict_report)
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
-                       sample_from_logits, token_logprobs)
+                       sample_from_logits, sampler_logprobs, token_logprobs)
 
 JANUS_SOURCE = ('the Hugging Face repo deepseek-ai/Janus-Pro-1B '
                 '(huggingface.co/deepseek-ai/Janus-Pro-1B)')
@@ -253,6 +253,9 @@ class JanusProPolicy(nn.Module):
     """
 
     info_example = dict(type='JanusProPolicy', arch='tiny')
+    #: what model.lora adapts by default: every linear layer of the LLaMA decoder layers
+    lora_target_modules = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj',
+                           'down_proj')
 
     def __init__(self, arch: str | None = None, pretrained: str | None = None, *,
                  language_config: dict | None = None, image_token_size: int | None = None,
@@ -355,6 +358,11 @@ class JanusProPolicy(nn.Module):
         return math.isqrt(self._image_token_num)
 
     @property
+    def blocks(self) -> nn.ModuleList:
+        """The LLaMA decoder layers (units of activation checkpointing and FSDP sharding)."""
+        return self.language_model.model.layers
+
+    @property
     def vocab_size(self) -> int:
         """Image codebook size (the policy's output vocabulary), not the text vocabulary."""
         return self.config['image_token_size']
@@ -450,6 +458,23 @@ class JanusProPolicy(nn.Module):
                   tokens: torch.Tensor) -> torch.Tensor:
         """Per-token log-probs (B, L) of ``tokens``: conditional rows only, no CFG."""
         return token_logprobs(self.forward(cond_ids, cond_mask, tokens), tokens.long())
+
+    def sampler_log_probs(self, cond_ids: torch.Tensor, cond_mask: torch.Tensor,
+                          tokens: torch.Tensor, cfg_scale: float = 5.0,
+                          cfg_first_n: int | None = None, temperature: float = 1.0,
+                          top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs (B, L) of ``tokens`` under the distribution :meth:`sample` draws
+        from with these settings: the official interleaved cond / uncond rows combined by CFG,
+        then temperature, top-k, top-p (see ``sampling.sampler_logprobs``); teacher forced."""
+        check_sampling_args(self.vocab_size, temperature, top_k, top_p)
+        tokens = tokens.long()
+        if cfg_scale == 1.0 or cfg_first_n == 0:
+            return sampler_logprobs(self.forward(cond_ids, cond_mask, tokens), None, tokens, 1.0,
+                                    None, temperature, top_k, top_p)
+        ids, mask = self.cfg_rows(cond_ids, cond_mask)
+        logits = self.forward(ids, mask, tokens.repeat_interleave(2, 0))
+        return sampler_logprobs(logits[0::2], logits[1::2], tokens, cfg_scale, cfg_first_n,
+                                temperature, top_k, top_p)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, cond_ids: torch.Tensor, cond_mask: torch.Tensor,

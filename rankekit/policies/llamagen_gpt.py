@@ -24,9 +24,10 @@ from torch import nn
 
 from rankekit.registry import POLICIES
 from rankekit.utils.checkpoint import LLAMAGEN_GPT_IGNORE, load_model_weights
+from rankekit.utils.memory import activation_dtype
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
-                       sample_from_logits, token_logprobs)
+                       sample_from_logits, sampler_logprobs, token_logprobs)
 
 # text-conditional presets: LlamaGen's GPT_models depths/widths with its t2i settings
 _T2I = dict(vocab_size=16384, block_size=256, cls_token_num=120, caption_dim=2048)
@@ -211,6 +212,8 @@ class LlamaGenGPT(nn.Module):
     """
 
     info_example = dict(type='LlamaGenGPT', arch='tiny')
+    #: what model.lora adapts by default: every linear layer of the transformer blocks
+    lora_target_modules = ('wqkv', 'wo', 'w1', 'w2', 'w3')
 
     def __init__(self, arch: str | None = None, *, dim: int | None = None,
                  n_layer: int | None = None, n_head: int | None = None,
@@ -287,6 +290,11 @@ class LlamaGenGPT(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return self.block_size
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks (units of activation checkpointing and FSDP sharding)."""
+        return self.layers
 
     @property
     def grid_size(self) -> int:
@@ -406,6 +414,28 @@ class LlamaGenGPT(nn.Module):
         h = self._hidden(cond, cond_mask, tokens, stochastic=False)
         return token_logprobs(self.output(h), tokens)
 
+    def sampler_log_probs(self, cond: torch.Tensor, cond_mask: torch.Tensor,
+                          tokens: torch.Tensor, cfg_scale: float = 1.0,
+                          cfg_first_n: int | None = None, temperature: float = 1.0,
+                          top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs (B, L) of ``tokens`` under the distribution :meth:`sample` draws
+        from with these settings: CFG-combined (null-caption rows with the conditional mask, as
+        the sampler builds them), temperature, top-k, top-p (see ``sampling.sampler_logprobs``).
+        Teacher forced in one pass over 2B rows when guided; no dropout."""
+        check_sampling_args(self.vocab_size, temperature, top_k, top_p)
+        cond, mask = self.prepare_caption(cond, cond_mask)
+        B, T = mask.shape
+        guided = cfg_scale != 1.0 and cfg_first_n != 0
+        if guided:
+            cond = torch.cat([cond, self.null_caption(T).to(cond).expand(B, -1, -1)])
+            mask, rows = torch.cat([mask, mask]), torch.cat([tokens, tokens])
+        else:
+            rows = tokens
+        logits = self.output(self._hidden(cond, mask, rows, stochastic=False))
+        uncond = logits[B:] if guided else None
+        return sampler_logprobs(logits[:B], uncond, tokens, cfg_scale, cfg_first_n, temperature,
+                                top_k, top_p)
+
     # ------------------------------------------------------------------ sampling
     # The sampler's cache holds, per layer, keys/values (2, R, n_kv_head, 1 + L - 1, head_dim):
     # slot 0 summarises the whole caption, slot i holds image token i-1. The summary is exact:
@@ -489,7 +519,7 @@ class LlamaGenGPT(nn.Module):
             rows = cond
         R = rows.shape[0]
         p = self.layers[0].attention
-        dtype = self.tok_embeddings.weight.dtype
+        dtype = activation_dtype(self.tok_embeddings.weight.dtype, device)  # bf16 under autocast
         cache = torch.empty(len(self.layers), 2, R, p.n_kv_head, L, p.head_dim, dtype=dtype,
                             device=device)
         # additive score of the caption summary slot: log(#valid caption tokens)

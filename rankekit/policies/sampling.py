@@ -110,6 +110,45 @@ def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor, temperature
     return tokens.squeeze(-1), logp.gather(-1, pos).squeeze(-1)
 
 
+def sampler_logprobs(cond_logits: torch.Tensor, uncond_logits: torch.Tensor | None,
+                     tokens: torch.Tensor, cfg_scale: float = 1.0, cfg_first_n: int | None = None,
+                     temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """Log-probs (B, L) of ``tokens`` under the distribution the sampler draws from, with gradient.
+
+    Teacher-forced logits (B, L, V) of the conditional and (when guided) the unconditional rows
+    are combined as the sampler combines them (``cfg_combine`` on the first ``cfg_first_n`` steps,
+    all when None), divided by ``temperature`` and restricted to the ``top_k`` largest logits,
+    then to the ``top_p`` nucleus, as :func:`sample_from_logits` does; the log-softmax is over
+    what is left. The drawn token always stays in the support: the teacher-forced logits differ
+    from the KV-cache ones by rounding, which could otherwise put a token drawn at the top-k or
+    nucleus boundary just outside it (log-prob -inf). At cfg 1, temperature 1, no top-k / top-p,
+    this is :func:`token_logprobs` of the conditional logits.
+    """
+    logits = cond_logits.float()
+    L = logits.shape[1]
+    steps = 0 if cfg_scale == 1.0 else (L if cfg_first_n is None else min(cfg_first_n, L))
+    if steps:
+        if uncond_logits is None:
+            raise ValueError(f'cfg_scale={cfg_scale} needs the unconditional logits')
+        guided = cfg_combine(logits[:, :steps], uncond_logits[:, :steps].float(), cfg_scale)
+        logits = torch.cat([guided, logits[:, steps:]], dim=1)
+    logits = logits / temperature
+    vocab = logits.shape[-1]
+    drawn = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, tokens.unsqueeze(-1), True)
+    keep = torch.ones_like(drawn)
+    with torch.no_grad():  # which entries stay: a selection, no gradient of its own
+        if 0 < top_k < vocab:  # exactly top_k candidates, as the sampler's topk (also on ties)
+            keep = torch.zeros_like(drawn).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        if top_p < 1.0:
+            ordered, order = logits.masked_fill(~keep, float('-inf')).sort(-1, descending=True)
+            probs = ordered.softmax(-1)
+            outside = (probs.cumsum(-1) - probs) > top_p
+            keep = keep & ~torch.zeros_like(keep).scatter_(-1, order, outside)
+    logits = logits.masked_fill(~(keep | drawn), float('-inf'))
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits) gathered at ``tokens`` without materialising the full log-softmax."""
     logits = logits.float()
@@ -117,4 +156,4 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ['SampleOutput', 'check_sampling_args', 'draw_uniforms', 'cfg_combine',
-           'sample_from_logits', 'token_logprobs']
+           'sample_from_logits', 'sampler_logprobs', 'token_logprobs']

@@ -22,7 +22,10 @@ class RewardCombiner(nn.Module):
     - ``'running'``: (r - mu_k) / sigma_k with running mean/std of reward k over training
       (momentum ``running_momentum``; statistics are buffers, so they are checkpointed; under
       data parallelism each update uses the statistics of the global batch, all ranks agree);
-    - ``'group'``: (r - mean_group) / (std_group + eps) over the G rollouts of each prompt.
+    - ``'group'``: (r - mean_group) / std_group over the G rollouts of each prompt; a group whose
+      std is below ``group_std_eps`` is flat and normalises to 0 (not to rounding noise blown up
+      to unit scale, which would hide it from GRPO's own zero-std check; RankEModel passes the
+      rank loss's ``std_eps``).
 
     ``score(images, prompts)`` is the no-grad path used to rank rollouts; it returns the combined
     scores and each reward's raw scores (for logging). ``differentiable_score`` is the path with a
@@ -31,7 +34,8 @@ class RewardCombiner(nn.Module):
     """
 
     def __init__(self, rewards: list, weights: list[float] | None = None,
-                 normalize: str = 'none', running_momentum: float = 0.01, eps: float = 1e-6):
+                 normalize: str = 'none', running_momentum: float = 0.01, eps: float = 1e-6,
+                 group_std_eps: float = 1e-4):
         super().__init__()
         if isinstance(rewards, (dict, nn.Module)):
             rewards = [rewards]
@@ -67,7 +71,11 @@ class RewardCombiner(nn.Module):
         self.weights = [float(w) for w in weights]
         self.normalize = normalize
         self.momentum = running_momentum
-        self.eps = eps
+        self.eps = eps  # floor of the running std
+        if not group_std_eps > 0:
+            raise ValueError(f'the group normalisation threshold must be > 0, got '
+                             f'{group_std_eps} (model.reward_std_eps)')
+        self.group_std_eps = float(group_std_eps)
         self.register_buffer('running_mean', torch.zeros(len(modules)))
         self.register_buffer('running_var', torch.ones(len(modules)))
         self.register_buffer('running_initialised', torch.zeros((), dtype=torch.bool))
@@ -98,7 +106,7 @@ class RewardCombiner(nn.Module):
             grouped = raw.view(raw.shape[0], -1, group_size)
             mean = grouped.mean(-1, keepdim=True).detach()
             std = grouped.std(-1, unbiased=False, keepdim=True).detach()
-            return ((grouped - mean) / (std + self.eps)).view_as(raw)
+            return self._group_z(grouped, mean, std).view_as(raw)
         if update:
             with torch.no_grad():
                 mean, var = mean_var_over_ranks(raw.to(self.running_mean))
@@ -111,6 +119,13 @@ class RewardCombiner(nn.Module):
                     self.running_var.lerp_(var, self.momentum)
         std = self.running_var.sqrt().clamp_min(self.eps)
         return (raw - self.running_mean[:, None]) / std[:, None]
+
+    def _group_z(self, raw: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """(raw - mean) / std, and 0 where std < group_std_eps (a flat group: no ranking signal;
+        the masked branch has a zero gradient)."""
+        flat = std < self.group_std_eps
+        z = (raw - mean) / std.clamp_min(self.group_std_eps)
+        return torch.where(flat, torch.zeros_like(z), z)
 
     def _combine(self, normalised: Tensor, which: list[int]) -> Tensor:
         weights = normalised.new_tensor([self.weights[k] for k in which])
@@ -158,7 +173,7 @@ class RewardCombiner(nn.Module):
             names = self.names
             mean = torch.stack([group_stats[names[k]][0] for k in which]).to(raw)
             std = torch.stack([group_stats[names[k]][1] for k in which]).to(raw)
-            normalised = (raw - mean) / (std + self.eps)
+            normalised = self._group_z(raw, mean, std)
         else:
             normalised = raw
         return self._combine(normalised, which)

@@ -202,6 +202,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 
     @property
+    def blocks(self) -> list[nn.Module]:
+        """The residual, attention and upsampling blocks (what activation checkpointing
+        recomputes, :func:`rankekit.utils.memory.recompute_in_backward`)."""
+        return [*self.mid] + [m for level in self.conv_blocks
+                              for m in (*level.res, *level.attn, getattr(level, 'upsample', None))
+                              if m is not None]
+
+    @property
     def last_layer(self) -> torch.Tensor:
         """Weight of the output conv (adaptive GAN-loss weighting uses its gradient norm)."""
         return self.conv_out.weight
