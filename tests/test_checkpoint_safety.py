@@ -258,7 +258,10 @@ def test_truncated_newest_checkpoint_resumes_from_previous_with_log_line(copied_
     cfg, work = copied_run
     newest = work / 'iter_4.pth'
     newest.write_bytes(newest.read_bytes()[:newest.stat().st_size // 2])
-    runner = build_runner(setup_cfg(parse_args([str(cfg), '--resume', 'auto'])))
+    run_cfg = setup_cfg(parse_args([str(cfg), '--resume', 'auto']))
+    # its own logger: MMEngine reuses one made in the same second (another test's log file)
+    run_cfg.experiment_name = f'resume_truncated_{time.time_ns()}'
+    runner = build_runner(run_cfg)
     runner.load_or_resume()
     assert runner.iter == 2
     log = _log_text(work)
