@@ -396,7 +396,7 @@ def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match='pad_token_id'):
         bare.sample(ids, torch.ones_like(ids), cfg_scale=3.0)
     with pytest.raises(ValueError, match='unknown arch'):
-        JanusProPolicy(arch='Janus-Pro-7B')
+        JanusProPolicy(arch='Janus-Pro-70B')
 
 
 def test_registries_find_the_janus_components():

@@ -74,6 +74,15 @@ ARCH_SETTINGS = {
                              max_position_embeddings=16384),
         image_token_size=16384, image_embed_dim=8, image_token_embed=2048, aligner_depth=2,
         image_token_num=576),
+    # Janus-Pro-7B: hidden 4096 / 30 layers / 32 heads (tech report); intermediate 11008, 32 KV
+    # heads and vocab 102400 are UNVERIFIED (those of DeepSeek-LLM-7B, its language model). Used
+    # by the memory planner; a real directory's config.json always overrides them.
+    'Janus-Pro-7B': dict(
+        language_config=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
+                             num_attention_heads=32, num_key_value_heads=32, vocab_size=102400,
+                             max_position_embeddings=16384),
+        image_token_size=16384, image_embed_dim=8, image_token_embed=4096, aligner_depth=2,
+        image_token_num=576),
     # the reference tiny model (../shared/reference/janus_tiny) and its own token ids
     'tiny': dict(
         language_config=dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
@@ -387,13 +396,14 @@ class JanusProPolicy(nn.Module):
         if cond_mask.shape != cond_ids.shape:
             raise ValueError(f'cond_mask must be (B, T) = {tuple(cond_ids.shape)}, got '
                              f'{tuple(cond_mask.shape)}')
-        mask = cond_mask.long()
+        mask, ids = cond_mask.long(), cond_ids.long()
+        if ids.is_meta:  # memory planning: shapes only, no values to check
+            return ids, mask
         if bool((mask[:, 1:] < mask[:, :-1]).any()):
             raise ValueError('cond_mask must use LEFT padding (pads first, prompt tokens at the '
                              'end); got a 1 followed by a 0')
         if bool((mask.sum(1) < 2).any()):
             raise ValueError('every prompt needs at least BOS and <begin_of_image> (2 tokens)')
-        ids = cond_ids.long()
         valid = ids[mask.bool()]
         if valid.numel() and (valid.min() < 0 or valid.max() >= self.text_vocab_size):
             raise ValueError(f'prompt ids must lie in [0, {self.text_vocab_size}); got '
@@ -441,7 +451,12 @@ class JanusProPolicy(nn.Module):
         lm = self.language_model.model
         x = torch.cat([lm.embed_tokens(ids), self.image_embeds(tokens[:, :-1])], 1)
         attn = torch.cat([mask, mask.new_ones(B, tokens.shape[1] - 1)], 1)
-        out = lm(inputs_embeds=x, attention_mask=attn, position_ids=self.positions(attn),
+        positions, layer_mask = self.positions(attn), attn
+        if x.is_meta:  # memory planning: HF's mask builder reads values; give it its (B,1,S,S)
+            S = attn.shape[1]
+            causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
+            layer_mask = causal[None, None] & attn.bool()[:, None, None, :]
+        out = lm(inputs_embeds=x, attention_mask=layer_mask, position_ids=positions,
                  use_cache=False)
         return out.last_hidden_state[:, T - 1:]
 

@@ -334,7 +334,8 @@ class LlamaGenGPT(nn.Module):
                              f'cls_token_num={self.cls_token_num}; truncate it in the text '
                              f'encoder (max_length) or build the model with a larger cls_token_num')
         mask = cond_mask.bool()
-        if T > 1 and bool((mask[:, 1:] < mask[:, :-1]).any()):
+        # values cannot be read on the meta device (memory planning): shapes only there
+        if T > 1 and not mask.is_meta and bool((mask[:, 1:] < mask[:, :-1]).any()):
             raise ValueError('cond_mask must use LlamaGen left padding (pads first, valid tokens '
                              'at the end); got a 1 followed by a 0')
         cond = cond.to(self.tok_embeddings.weight.dtype)

@@ -195,7 +195,8 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
         model = open_clip.create_model(
             model_name, pretrained=None, load_weights=False, pretrained_image=False,
             pretrained_text=False, force_quick_gelu=force_quick_gelu,
-            force_context_length=context_length, force_preprocess_cfg=force_preprocess or None)
+            force_context_length=context_length, force_preprocess_cfg=force_preprocess or None,
+            device=torch.get_default_device())  # meta under torch.device('meta'): memory plans
     if pretrained is not None:
         load_model_weights(model, pretrained, strict=True, what=what, source=source)
     ctx = getattr(model, 'context_length', None) or getattr(model.text, 'context_length')
