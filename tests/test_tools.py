@@ -533,3 +533,26 @@ def test_curves_and_pareto(fake_runs, tmp_path, capsys, monkeypatch):
     assert only.is_file() and not (tmp_path / 'cwd' / 'curves.png').exists()
     assert curves_main([*map(str, work_dirs), '--pareto', str(only), '--y', 'fid/fdi']) == 2
     assert "no run has both 'clip_score/mean' and 'fid/fdi'" in capsys.readouterr().err
+
+
+def test_archived_runs_give_the_same_table(fake_runs, tmp_path):
+    """tools/analysis/archive_runs.py keeps what the table reads (config, summary, scalars,
+    test metrics, the log's first and last time stamps) and nothing else."""
+    from test_real_recipes import load_tool
+    root, work_dirs = fake_runs
+    (work_dirs[0] / 'iter_20.pth').write_bytes(b'checkpoint')
+    base = root / 'base_eval'
+    base.mkdir()
+    (base / 'metrics.json').write_text(json.dumps(dict(results={})))
+    archive = tmp_path / 'archive'
+    assert load_tool('analysis/archive_runs').main([str(root), str(archive)]) == 0
+    assert not list(archive.rglob('*.pth')) and (archive / 'base_eval' / 'metrics.json').is_file()
+    copies = [archive / d.name for d in work_dirs]
+    assert [wall_time_s(c) for c in copies] == [wall_time_s(d) for d in work_dirs]
+    tables = []
+    for dirs in (work_dirs, copies):
+        out = tmp_path / f'table{len(tables)}.md'
+        assert ablation_main([*map(str, dirs), '--base', str(root / 'ranke_base.py'),
+                              '--combos', 'online:base', '--out', str(out)]) == 0
+        tables.append(out.read_text())
+    assert tables[0] == tables[1]
