@@ -21,6 +21,7 @@ from mmengine.hooks import Hook
 
 from rankekit.engine.optim_constructor import MultiOptimWrapperConstructor
 from rankekit.registry import HOOKS, MODEL_WRAPPERS, MODELS
+from rankekit.utils.distributed import gather_full_
 from tiny_components import IMAGE, tiny_model_cfg, train_blocks
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
@@ -75,14 +76,15 @@ def optim_for(model):
 
 
 def tensors(model, optim):
-    """Every parameter, buffer (frozen parts, counters, RNG state) and optimizer tensor."""
+    """Every parameter, buffer (frozen parts, counters, RNG state) and optimizer tensor; full
+    tensors of sharded ones (a collective then: every rank calls it)."""
     out = {f'p/{k}': v.detach().clone() for k, v in model.named_parameters()}
     out.update({f'b/{k}': v.detach().clone() for k, v in model.named_buffers()})
     for part, state in optim.state_dict().items():
         for idx, slots in state['state'].items():
             out.update({f'o/{part}/{idx}/{k}': v.clone() for k, v in slots.items()
                         if isinstance(v, torch.Tensor)})
-    return out
+    return gather_full_(out)
 
 
 def run(model, optim, steps, rank=0, world=1, step_fn=None):
@@ -126,9 +128,33 @@ def _worker(rank, world, init_method, out_dir):
                 results[name] = run(wrapper.module, optim, steps, rank, world,
                                     wrapper.train_step)
         results['fsdp2'] = _fsdp2_policy(rank, world)
+        results['sharded'] = _sharded_rank_e(rank, world)
         torch.save(results, Path(out_dir) / f'rank{rank}.pt')
     finally:
         torch_dist.destroy_process_group()
+
+
+def _sharded_rank_e(rank, world):
+    """RankE with the policy and its copies sharded (FSDP2), float64, as 'exact'; then its full
+    state dicts loaded into a fresh sharded model."""
+    with default_dtype(torch.float64):
+        wrapper = MODEL_WRAPPERS.build(dict(type='RankEDataParallel', shard_policy=True,
+                                            module=build(EXACT, seed=rank)))
+        optim = optim_for(wrapper)
+        result = run(wrapper.module, optim, STEPS, rank, world, wrapper.train_step)
+        local = sum(p.to_local().numel() for p in wrapper.module.policy.parameters())
+        full_model = gather_full_(wrapper.module.state_dict())
+        full_optim = gather_full_(optim.state_dict())
+        # the same seed: the frozen parts (rebuilt from the config, not in checkpoints) agree
+        fresh = MODEL_WRAPPERS.build(dict(type='RankEDataParallel', shard_policy=True,
+                                          module=build(EXACT, seed=rank)))
+        fresh_optim = optim_for(fresh)
+        fresh.module.load_state_dict(full_model)
+        fresh_optim.load_state_dict(full_optim)
+        reloaded = tensors(fresh.module, fresh_optim)
+    return dict(result, local_numel=local, reloaded=reloaded,
+                sharded_grad_types=sorted({type(p).__name__
+                                           for p in wrapper.module.policy.parameters()}))
 
 
 def _policy_training(policy, rows):
@@ -232,6 +258,36 @@ def test_two_ranks_equal_one_process_on_the_global_batch(ranks):
         assert (got[key] - initial[key]).abs().max() > 1e-4, key
 
 
+def test_sharded_rank_e_equals_one_process(ranks):
+    """shard_policy=True (FSDP2 of the policy, its reference and EMA inside RankE's own step):
+    each rank holds half of the policy, the ranks agree bit for bit, and the gathered tensors
+    after 3 iterations equal one process on the global batch (float64, 1e-9) — the same bar as
+    the unsharded 'exact' run. The full state dicts load back into a fresh sharded model."""
+    with default_dtype(torch.float64):
+        model = build(EXACT)
+        single = run(model, optim_for(model), STEPS)
+    total = sum(p.numel() for p in model.policy.parameters())
+    for rank in range(WORLD):
+        sharded = ranks[rank]['sharded']
+        assert sharded['sharded_grad_types'] == ['DTensor']
+        assert sharded['local_numel'] <= total // WORLD + 64
+    assert torch.equal(torch.cat([r['sharded']['tokens'][-1] for r in ranks]),
+                       single['tokens'][-1])
+    got, other, expected = (ranks[0]['sharded']['states'][-1],
+                            ranks[1]['sharded']['states'][-1], single['states'][-1])
+    assert not _differing(got, other)
+    assert got.keys() == expected.keys()
+    for key in got:
+        if got[key].is_floating_point():
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-7, atol=1e-9,
+                                       msg=lambda m, key=key: f'{key}: {m}')
+        else:
+            assert torch.equal(got[key], expected[key]), key
+    reloaded = ranks[0]['sharded']['reloaded']
+    assert not _differing({k: got[k] for k in reloaded}, reloaded)
+    assert {k for k in got if k.startswith(('p/', 'o/'))} <= reloaded.keys()
+
+
 def test_nan_reward_on_one_rank_skips_the_update_on_both(ranks):
     """Rank 1's reward is NaN from the 2nd iteration on; rank 0's is finite. Both ranks skip
     that iteration's whole update and count it; the weights stay those of step 1."""
@@ -294,6 +350,20 @@ def test_setup_picks_gloo_and_the_wrapper_without_cuda(tmp_path, monkeypatch):
     # one process: nothing changes
     cfg = setup_cfg(parse_args([str(tmp_path / 'c.py')]))
     assert 'model_wrapper_cfg' not in cfg and 'env_cfg' not in cfg
+
+
+def test_sharded_base_config_is_kept_and_lora_is_refused(tmp_path, monkeypatch):
+    from rankekit.apis.train import parse_args, setup_cfg
+    from rankekit.models.distributed import shard_policies_
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    base = Path(__file__).resolve().parents[1] / 'configs/_base_/strategies/ranke_sharded.py'
+    (tmp_path / 'c.py').write_text(f'_base_ = [{str(base)!r}]\n'
+                                   + _config(tmp_path / 'w', 2, with_wrapper=False))
+    cfg = setup_cfg(parse_args([str(tmp_path / 'c.py'), '--launcher', 'pytorch']))
+    assert cfg.model_wrapper_cfg == dict(type='rankekit.RankEDataParallel', shard_policy=True)
+    pytest.importorskip('peft')
+    with pytest.raises(ValueError, match='shard_policy=True with model.lora'):
+        shard_policies_(build(dict(lora=dict(r=2, alpha=4))))
 
 
 def test_strategy_configs_load_and_name_existing_classes(tmp_path):
@@ -359,12 +429,14 @@ class SaveRankStateHook(Hook):
         model = runner.model.module
         state = {f'p/{k}': v for k, v in model.named_parameters()}
         state.update({f'b/{k}': v for k, v in model.named_buffers()})
-        torch.save(state, Path(runner.work_dir) / f'rank{runner.rank}.pt')
+        torch.save(gather_full_(state), Path(runner.work_dir) / f'rank{runner.rank}.pt')
 
 
-def _config(work_dir, max_iters, with_wrapper=True):
+def _config(work_dir, max_iters, with_wrapper=True, shard=False, interval=None):
     model = tiny_model_cfg()
     wrapper = "model_wrapper_cfg = dict(type='rankekit.RankEDataParallel')" if with_wrapper else ''
+    if shard:
+        wrapper = "model_wrapper_cfg = dict(type='rankekit.RankEDataParallel', shard_policy=True)"
     return f'''
 default_scope = 'rankekit'
 custom_imports = dict(imports=['test_distributed'], allow_failed_imports=False)
@@ -373,7 +445,7 @@ model = {model!r}
 {wrapper}
 {train_blocks(16, max_iters)}
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval={max_iters}, by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', interval={interval or max_iters}, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1),
     coevolution=dict(type='CoEvolutionHook', schedule='sync'))
 custom_hooks = [dict(type='SaveRankStateHook')]
@@ -404,3 +476,48 @@ def test_torchrun_two_ranks_trains_and_checkpoints(tmp_path):
     assert int(states[0]['b/policy_steps']) == 3
     differing = _differing(*states)
     assert not differing, f'{len(differing)} tensors differ between ranks: {differing[:8]}'
+
+
+def _torchrun(tmp_path, config_text, *extra):
+    torchrun = shutil.which('torchrun', path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip('torchrun not found next to the Python executable')
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / f'tiny_{len(list(tmp_path.glob("tiny_*.py")))}.py'
+    config.write_text(config_text)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(repo / 'tests'),
+               PYTHONWARNINGS='ignore')
+    done = subprocess.run(
+        [torchrun, '--standalone', '--nproc_per_node', str(WORLD),
+         str(repo / 'tools' / 'train.py'), str(config), '--launcher', 'pytorch', *extra],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_sharded_rank_e_checkpoints_full_tensors_and_resumes_exactly(tmp_path):
+    """``model_wrapper_cfg=dict(type='rankekit.RankEDataParallel', shard_policy=True)`` under
+    torchrun: checkpoints hold full tensors (the shapes of an unsharded model, loadable by one
+    process), and a run resumed from iteration 2 ends bit for bit where the uninterrupted one
+    does (weights, EMA and reference copies, counters, RNG state)."""
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    _torchrun(tmp_path, _config(straight, 4, shard=True, interval=2))
+    checkpoint = torch.load(straight / 'iter_2.pth', weights_only=False)
+    reference = build({})
+    expected = {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in checkpoint['state_dict'].items()} == expected
+    single = build({})
+    single.load_state_dict(checkpoint['state_dict'])  # one process reads a sharded run's file
+    policy_state = checkpoint['optimizer']['policy']['state']
+    assert policy_state and all(not type(v).__name__ == 'DTensor'
+                                for slots in policy_state.values() for v in slots.values())
+    resumed.mkdir()
+    shutil.copy(straight / 'iter_2.pth', resumed / 'iter_2.pth')
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_2.pth'))
+    _torchrun(tmp_path, _config(resumed, 4, shard=True, interval=2), '--resume', 'auto')
+    for rank in range(WORLD):
+        a = torch.load(straight / f'rank{rank}.pt', weights_only=True)
+        b = torch.load(resumed / f'rank{rank}.pt', weights_only=True)
+        assert int(a['b/policy_steps']) == 4
+        differing = _differing(a, b)
+        assert not differing, f'{len(differing)} tensors differ after resuming: {differing[:8]}'

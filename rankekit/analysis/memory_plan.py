@@ -17,7 +17,9 @@ architecture. What meta tensors cannot show is added as named terms:
 - the rollout's KV cache (keys and values of every layer for every row, twice the rows with CFG);
 - sharding (setting 'fsdp': FSDP2 ``fully_shard`` per block over ``world_size`` GPUs):
   weights, gradients, optimizer states and the reference / EMA copies divided by the world
-  size, plus two gathered blocks.
+  size, plus two gathered fp32 blocks (the one running and the next, prefetched). Autocast's
+  bf16 copies are of the *gathered* weights, so they are not divided (what
+  ``RankEDataParallel(shard_policy=True)`` does today: it gathers fp32 weights and autocasts).
 
 Phases: ``rollout`` (sampling with the KV cache, decode, rewards), ``policy`` (teacher-forced
 log-probs of the rollout, rank loss, backward) and ``decoder`` (decodes of real images and of the
@@ -348,7 +350,7 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
                  note='adapter weights only' if lora else '')
     if sharded:
         block = max(sum(p.numel() for p in b.parameters()) for b in policy.blocks)
-        plan.add('gathered blocks (FSDP, 2 in flight)', 2 * block * act_bytes,
+        plan.add('gathered blocks (FSDP, 2 in flight)', 2 * block * 4,
                  ('rollout', 'policy'))
 
     # -- the policy phase: measured on meta in the activation dtype
@@ -358,9 +360,10 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
         for param in policy.parameters():
             if not (lora and param.requires_grad):
                 param.data = param.data.to(torch.bfloat16)
-        plan.add('bf16 weight casts (autocast)',
-                 2 * _linear_weight_numel(policy) * shard,
-                 ('rollout', 'policy'))
+        # autocast keeps the bf16 copy of each weight it casts until the forward ends; under
+        # FSDP it casts the gathered weights, so this part is not sharded
+        # (only with gradients on: the rollout's no-grad casts are freed op by op)
+        plan.add('bf16 weight casts (autocast)', 2 * _linear_weight_numel(policy), ('policy',))
     acts, _ = policy_phase_bytes(policy, rows, prompt_tokens, checkpointing)
     _, _, _, seq_len = _policy_inputs(policy, 1, prompt_tokens)
     plan.add('policy activations (teacher-forced)', acts, ('policy',),

@@ -5,10 +5,12 @@ import copy
 import difflib
 
 from mmengine.model import is_model_wrapper
+import torch
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from torch import nn
 
 from rankekit.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from rankekit.utils.distributed import distribute_like, is_sharded
 
 
 def optimizable_parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -76,4 +78,20 @@ class MultiOptimWrapperConstructor:
             paramwise = cfg.pop('paramwise_cfg', None)
             constructor = DefaultOptimWrapperConstructor(cfg, paramwise)
             wrappers[name] = constructor(parts[name])
+            optimizer = wrappers[name].optimizer
+            if any(is_sharded(p) for g in optimizer.param_groups for p in g['params']):
+                optimizer.register_load_state_dict_pre_hook(_shard_full_states)
         return OptimWrapperDict(**wrappers)
+
+
+def _shard_full_states(optimizer, state_dict):
+    """Load pre-hook of an optimizer over sharded (FSDP2) parameters: checkpoints hold full
+    states (SafeRunner gathers them), each rank keeps the shards of its parameters."""
+    params = [p for group in optimizer.param_groups for p in group['params']]
+    state = {}
+    for index, slots in state_dict['state'].items():
+        param = params[int(index)]
+        state[index] = {k: distribute_like(v, param)
+                        if is_sharded(param) and torch.is_tensor(v) and not is_sharded(v)
+                        and v.dim() > 0 else v for k, v in slots.items()}
+    return {**state_dict, 'state': state}

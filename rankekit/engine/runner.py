@@ -22,17 +22,19 @@ import tempfile
 from pathlib import Path
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import broadcast, is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+from mmengine.utils import apply_to
 
 from rankekit.registry import HOOKS, RUNNERS
 from rankekit.utils.checkpoint import (PARTIAL_SUFFIX, POINTER_NAME, WeightsFileError,
                                        checkpoint_problem, find_resume_checkpoint, fsync_path,
                                        remove_partial_files, remove_quietly, write_bytes_atomic)
 from rankekit.utils.config_diff import config_diff
+from rankekit.utils.distributed import gather_full_, is_sharded
 
 #: config keys whose change makes a different experiment: resuming across them is refused
 EXPERIMENT_KEYS = ('model', 'optim_wrapper', 'train_cfg', 'param_scheduler', 'train_dataloader',
@@ -218,7 +220,16 @@ class SafeRunner(Runner):
         """MMEngine's ``save_checkpoint``, written atomically, and only with finite weights."""
         model = self.model.module if is_model_wrapper(self.model) else self.model
         final = osp.join(out_dir, filename)
-        bad = nonfinite_tensors(model.state_dict())  # every rank: all of them stop together
+        state = model.state_dict()
+        self._gathered = None
+        if any(is_sharded(v) for v in state.values()):
+            # sharded (FSDP2) parts: every rank gathers the full tensors (a collective), rank 0
+            # writes them (injected in call_hook below), so checkpoints look like unsharded ones
+            state = gather_full_(state)
+            optimizer = gather_full_(self.optim_wrapper.state_dict()) \
+                if save_optimizer and not isinstance(self.optim_wrapper, dict) else None
+            self._gathered = dict(state_dict=state, optimizer=optimizer)
+        bad = nonfinite_tensors(state)  # every rank: all of them stop together
         if bad:
             limit = 6
             more = f' (+{len(bad) - limit} more)' if len(bad) > limit else ''
@@ -246,6 +257,29 @@ class SafeRunner(Runner):
             remove_quietly(partial)
             raise
         fsync_path(out_dir)
+
+    def _init_model_weights(self) -> None:
+        """MMEngine's, minus broadcasting sharded (FSDP2) tensors: each rank's shard is its own
+        (the wrapper broadcast rank 0's weights before sharding them)."""
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = model.state_dict()
+        if not any(is_sharded(v) for v in state.values()):
+            return super()._init_model_weights()
+        if hasattr(model, 'init_weights'):
+            model.init_weights()
+        for value in model.state_dict().values():
+            if not is_sharded(value):
+                broadcast(value)
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        gathered = getattr(self, '_gathered', None)
+        if fn_name == 'before_save_checkpoint' and gathered:
+            checkpoint = kwargs['checkpoint']
+            checkpoint['state_dict'] = {k: v.cpu() for k, v in gathered['state_dict'].items()}
+            if 'optimizer' in checkpoint and gathered['optimizer'] is not None:
+                checkpoint['optimizer'] = apply_to(gathered['optimizer'],
+                                                   lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())
+        super().call_hook(fn_name, **kwargs)
 
 
 @HOOKS.register_module()

@@ -37,7 +37,7 @@ from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, R
 from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
 from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
-                                        rank_rows)
+                                        local_part, rank_rows)
 from rankekit.utils.memory import PRECISIONS, autocast, recompute_in_backward
 
 _DECODE_WITH = ('online', 'ema', 'base')
@@ -416,7 +416,8 @@ class RankEModel(BaseModel):
         # data parallel: the mean gradient over ranks (a non-finite one then reaches every rank)
         average_gradients_(params)
         amp = hasattr(wrapper, 'loss_scaler')  # the AMP scaler already skips inf gradients
-        grads_ok = amp or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        grads_ok = amp or all(torch.isfinite(local_part(p.grad)).all()  # a shard: this rank's
+                              for p in params if p.grad is not None)
         if not self._all_ranks_true(bool(grads_ok)):
             wrapper.zero_grad()
             self._register_skip(what, f'a {what} gradient', logs)

@@ -45,7 +45,7 @@ from rankekit.utils.checkpoint import (WeightsFileError, _format_report, _missin
                                        load_weights_file, state_dict_report)
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
-                       sample_from_logits, sampler_logprobs, token_logprobs)
+                       sample_from_logits, sampler_logprobs, sampling_grad_mode, token_logprobs)
 
 JANUS_SOURCE = ('the Hugging Face repo deepseek-ai/Janus-Pro-1B '
                 '(huggingface.co/deepseek-ai/Janus-Pro-1B)')
@@ -510,7 +510,7 @@ class JanusProPolicy(nn.Module):
             uniforms: (B, L) uniforms in [0, 1) to draw with, instead of any RNG.
             return_topk_logits: also return the k largest combined logits (and ids) per step.
         """
-        with torch.inference_mode():
+        with sampling_grad_mode(self):
             out = self._sample(cond_ids, cond_mask, num_tokens, cfg_scale, cfg_first_n,
                                temperature, top_k, top_p, generator, seeds, return_topk_logits,
                                uniforms)

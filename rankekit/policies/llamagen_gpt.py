@@ -27,7 +27,7 @@ from rankekit.utils.checkpoint import LLAMAGEN_GPT_IGNORE, load_model_weights
 from rankekit.utils.memory import activation_dtype
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
-                       sample_from_logits, sampler_logprobs, token_logprobs)
+                       sample_from_logits, sampler_logprobs, sampling_grad_mode, token_logprobs)
 
 # text-conditional presets: LlamaGen's GPT_models depths/widths with its t2i settings
 _T2I = dict(vocab_size=16384, block_size=256, cls_token_num=120, caption_dim=2048)
@@ -492,7 +492,7 @@ class LlamaGenGPT(nn.Module):
                 their rows of the global batch's uniforms under data parallelism).
             return_topk_logits: also return the k largest combined logits (and ids) per step.
         """
-        with torch.inference_mode():
+        with sampling_grad_mode(self):
             out = self._sample(cond, cond_mask, num_tokens, cfg_scale, cfg_first_n, temperature,
                                top_k, top_p, generator, seeds, return_topk_logits, uniforms)
         # clones leave inference mode, so the outputs can feed autograd (log_probs, losses)

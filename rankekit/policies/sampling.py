@@ -31,6 +31,15 @@ class SampleOutput:
     topk_indices: torch.Tensor | None = None
 
 
+def sampling_grad_mode(policy: torch.nn.Module):
+    """The no-gradient mode a sampler runs in: inference mode (fastest), or plain ``no_grad``
+    for a sharded (FSDP2) policy, whose gathered weights must stay usable by autograd later."""
+    from rankekit.utils.distributed import is_sharded
+    if any(is_sharded(p) for p in policy.parameters()):
+        return torch.no_grad()
+    return torch.inference_mode()
+
+
 def check_sampling_args(vocab_size: int, temperature: float, top_k: int, top_p: float) -> None:
     """Raise a clear ``ValueError`` for sampling settings that cannot work."""
     if not temperature > 0:

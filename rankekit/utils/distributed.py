@@ -36,6 +36,46 @@ def average_tensors_(tensors: Iterable[Tensor]) -> None:
         all_reduce_params(tensors, coalesce=True, op='mean')
 
 
+def is_sharded(tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (an FSDP2-sharded parameter, its gradient or state)."""
+    # DTensor's module is imported only where a process group exists (cheap plain imports)
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        isinstance(tensor, _dtensor())
+
+
+def _dtensor():
+    from torch.distributed.tensor import DTensor
+    return DTensor
+
+
+def local_part(tensor: Tensor) -> Tensor:
+    """This rank's shard of a DTensor; any other tensor as it is (no communication)."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def gather_full_(obj):
+    """``obj`` (a state dict, nested dicts / lists) with every DTensor replaced by the full
+    tensor. A collective when it holds DTensors: every rank must call it, with the same keys."""
+    if is_sharded(obj):
+        return obj.full_tensor()
+    if isinstance(obj, dict):
+        return type(obj)((k, gather_full_(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_full_(v) for v in obj)
+    return obj
+
+
+def distribute_like(full: Tensor, like: Tensor) -> Tensor:
+    """``full`` (the same on every rank, e.g. read from a checkpoint) cut into ``like``'s
+    shards, with no communication."""
+    if tuple(full.shape) != tuple(like.shape):
+        raise ValueError(f'cannot shard a tensor of shape {tuple(full.shape)} like a parameter '
+                         f'of shape {tuple(like.shape)}: the checkpoint is of another model')
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh,
+                             like.placements, src_data_rank=None)
+
+
 def average_gradients_(params: Iterable[nn.Parameter]) -> None:
     """In place: every ``.grad`` becomes its mean over ranks, as DDP would leave it.
 
@@ -46,7 +86,8 @@ def average_gradients_(params: Iterable[nn.Parameter]) -> None:
     """
     if get_world_size() == 1:
         return
-    params = [p for p in params if p.requires_grad]
+    # sharded (FSDP2) parameters: their gradients are already reduce-scattered means
+    params = [p for p in params if p.requires_grad and not is_sharded(p)]
     if not params:
         return
     has_grad = torch.tensor([float(p.grad is not None) for p in params])
@@ -150,6 +191,7 @@ def init_cpu_process_group(dist_cfg: dict | None = None) -> bool:
     return True
 
 
-__all__ = ['all_ranks_true', 'average_tensors_', 'average_gradients_', 'broadcast_module_state_',
+__all__ = ['is_sharded', 'local_part', 'gather_full_', 'distribute_like', 'all_ranks_true',
+           'average_tensors_', 'average_gradients_', 'broadcast_module_state_',
            'rank_rows', 'mean_var_over_ranks', 'sync_batchnorm_buffers_',
            'init_cpu_process_group']
