@@ -143,11 +143,13 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
         _fail(f"no component named '{name}' in any registry.{hint} See `rankekit list`.")
     from rankekit.plugins import origin_of
     for key, obj in found:
-        console.rule(f'[bold cyan]{name}[/]  ({key}, {obj.__module__}, {origin_of(obj.__module__)})')
+        console.rule(f'[bold cyan]{name}[/]  '
+                     f'({key}, {obj.__module__}, {origin_of(obj.__module__)})')
         console.print(inspect.getdoc(obj) or '(no docstring)', highlight=False, markup=False)
         target = obj.__init__ if inspect.isclass(obj) else obj
         try:
-            signature = str(inspect.signature(target)).replace('(self, ', '(').replace('(self)', '()')
+            signature = (str(inspect.signature(target))
+                         .replace('(self, ', '(').replace('(self)', '()'))
         except (TypeError, ValueError):
             signature = '(...)'
         console.print(f'\n[bold]Signature[/]\n{name}{signature}', highlight=False)
@@ -162,7 +164,8 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
 
 @app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))
 def train(ctx: typer.Context,
-          config: str = typer.Argument(..., help='Config file, e.g. configs/ablation/anchor_ema.py')):
+          config: str = typer.Argument(
+              ..., help='Config file, e.g. configs/ablation/anchor_ema.py')):
     """Train from a config; every option of tools/train.py works (see --help there)."""
     from rankekit.apis.train import main
     raise typer.Exit(code=main([config, *ctx.args]) or 0)

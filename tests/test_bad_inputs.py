@@ -609,7 +609,7 @@ def test_shipped_configs_pass_the_checks(monkeypatch):
     assert len(paths) > 20
 
 
-# --- 52-54: rewards from plugins and reward servers ------------------------------------------------
+# --- 52-54: rewards from plugins and reward servers -----------------------------------------------
 @pytest.fixture
 def one_arg_reward():
     from rankekit.registry import REWARDS

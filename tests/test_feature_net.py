@@ -40,7 +40,8 @@ def small_net(seed=0, **kw):
 
 
 def log_probs(n_classes, probs):
-    """Logits whose softmax is exactly ``probs`` on the listed classes (rest share the remainder)."""
+    """Logits whose softmax is exactly ``probs`` on the listed classes (rest share the
+    remainder)."""
     p = torch.full((n_classes,), (1 - sum(probs.values())) / (n_classes - len(probs)))
     for k, v in probs.items():
         p[k] = v
@@ -237,7 +238,7 @@ def test_evaluate_feature_net_by_hand():
     net = StubNet(hand_logits())
     images = torch.zeros(3, 3, 32, 32)
     attrs = torch.tensor([[[RED, CIRCLE, LARGE, LEFT], [BLUE, SQUARE, SMALL_SIZE, CENTER]],
-                          [[RED, SQUARE, LARGE, LEFT], NONE_ROW],          # shape wrong; count wrong
+                          [[RED, SQUARE, LARGE, LEFT], NONE_ROW],  # shape wrong; count wrong
                           [[GREEN, CIRCLE, SMALL_SIZE, TOP], NONE_ROW]])  # top is empty
     dataset = [dict(image=images[i], attributes=attrs[i]) for i in range(3)]
     r = evaluate_feature_net(net, dataset, batch_size=2)
@@ -353,7 +354,8 @@ def test_inception_torchvision_file_matches_torchvision_forward(tmp_path):
     from torchvision.models.inception import Inception3
     torch.manual_seed(0)
     ref = Inception3(num_classes=1000, aux_logits=True, transform_input=False, init_weights=True)
-    torch.save(ref.state_dict(), tmp_path / 'inception_v3.pth')  # keeps AuxLogits like the real file
+    # keeps AuxLogits like the real file
+    torch.save(ref.state_dict(), tmp_path / 'inception_v3.pth')
     feats = InceptionFeatures(weights_path=str(tmp_path / 'inception_v3.pth'))
     assert feats.variant == 'torchvision' and feats.feature_dim == 2048
     ref.eval().fc = nn.Identity()

@@ -445,7 +445,8 @@ def test_lcs_metric_floor_is_the_kl_of_as_many_disjoint_real_images(tmp_path):
         assert out['lcs/real_floor'] == pytest.approx(expected, rel=1e-12)
         # not the half-split proxy of the real set
         assert out['lcs/real_floor'] != pytest.approx(real_floor(real_codes, K=4, eps=1e-4))
-    assert (tmp_path / 'codes_floor.npz').is_file() and tokenizer.calls == 5 + 12  # the test's own calls: the metric read both caches
+    # the test's own calls: the metric read both caches
+    assert (tmp_path / 'codes_floor.npz').is_file() and tokenizer.calls == 5 + 12
     metric = LCSMetric(tokenizer=PatchTokenizer(), real=REAL, floor_real=floor)
     metric.process(None, samples(torch.zeros(9, 3, 16, 16), tokens=torch.zeros(9, 16).long()))
     with pytest.raises(ValueError, match=r'9 generated, floor_real has 8.*num_samples=9'):

@@ -34,7 +34,8 @@ def _fake_install(site: Path, dist: str, entry_points: dict[str, str]) -> None:
 def _run(code: str, *paths: Path) -> subprocess.CompletedProcess:
     env_path = ':'.join(str(p) for p in paths)
     return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
-                          text=True, env={'PYTHONPATH': env_path, 'PATH': '/usr/bin:/bin', 'COLUMNS': '200'},
+                          text=True,
+                          env={'PYTHONPATH': env_path, 'PATH': '/usr/bin:/bin', 'COLUMNS': '200'},
                           timeout=120)
 
 

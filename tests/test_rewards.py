@@ -71,7 +71,8 @@ def test_check_output_conversions_and_errors():
     assert out.dtype == torch.float32 and out.tolist() == [1.0, 2.5]
     assert r.check_output(np.array([3.0, 4.0]), 2).tolist() == [3.0, 4.0]
     assert r.check_output(torch.tensor([1, 2]), 2).dtype == torch.float32
-    with pytest.raises(ValueError, match=r"reward 'x' returned shape \(2, 1\).*one score per image"):
+    with pytest.raises(ValueError,
+                       match=r"reward 'x' returned shape \(2, 1\).*one score per image"):
         r.check_output(torch.zeros(2, 1), 2)
     with pytest.raises(ValueError, match=r'shape \(3,\) for 2 images'):
         r.check_output([1.0, 2.0, 3.0], 2)
@@ -208,7 +209,8 @@ def test_weights_tag_sets_quick_gelu_and_preprocessing():
     # OpenAI's ViT-B/32 was trained with QuickGELU: the tag switches it on (random weights here)
     plain = ClipScore(model_name='ViT-B-32')
     tagged = ClipScore(model_name='ViT-B-32', weights_tag='openai')
-    gelu = lambda r: type(r.clip.visual.transformer.resblocks[0].mlp.gelu).__name__
+    def gelu(r):
+        return type(r.clip.visual.transformer.resblocks[0].mlp.gelu).__name__
     assert gelu(plain) == 'GELU' and gelu(tagged) == 'QuickGELU'
     assert tagged.preprocess_cfg['size'] == (224, 224)
     assert tagged.preprocess_cfg['mean'] == pytest.approx((0.48145466, 0.4578275, 0.40821073))

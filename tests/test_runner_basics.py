@@ -133,7 +133,8 @@ def test_save_and_resume_round_trip(tmp_path):
     full_opt = full.optim_wrapper['policy'].optimizer.state_dict()['state']
     res_opt = resumed.optim_wrapper['policy'].optimizer.state_dict()['state']
     for idx in full_opt:
-        torch.testing.assert_close(res_opt[idx]['exp_avg'], full_opt[idx]['exp_avg'], rtol=0, atol=0)
+        torch.testing.assert_close(res_opt[idx]['exp_avg'], full_opt[idx]['exp_avg'],
+                                   rtol=0, atol=0)
     del first
 
 

@@ -11,8 +11,7 @@ from mmengine.optim import OptimWrapper
 from rankekit.registry import MODELS, TOKENIZERS
 from rankekit.tokenizers import VQModel, VectorQuantizer
 from rankekit.tokenizers.vq_model import entropy_loss
-from rankekit.toy.pretrain_tokenizer import (VQPretrainModel, evaluate_tokenizer,
-                                             psnr, spherical_kmeans)
+from rankekit.toy.pretrain_tokenizer import evaluate_tokenizer, psnr, spherical_kmeans
 from rankekit.utils.checkpoint import WeightsFileError
 
 TINY = dict(ch=32, num_res_blocks=1, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],

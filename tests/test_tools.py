@@ -18,10 +18,11 @@ from PIL import Image
 from rankekit.analysis.ablation import ablation_table, ensure_runs, main as ablation_main
 from rankekit.analysis.curves import curve_data, main as curves_main, pareto_front
 from rankekit.analysis.runs import group_runs, load_run, wall_time_s
-from rankekit.analysis.stats import format_mean_std, mean_std
+from rankekit.evaluation.stats import format_mean_std, mean_std
 from rankekit.apis.config import load_config
-from rankekit.apis.inference import (SEED_STRIDE, load_model, make_grid, parse_combos,
-                                     prompt_seeds, sample_main, evaluate_main, to_uint8)
+from rankekit.apis.inference import evaluate_main, load_model, sample_main
+from rankekit.evaluation.generation import (SEED_STRIDE, make_grid, parse_combos, prompt_seeds,
+                                            to_uint8)
 from rankekit.apis.train import build_runner, parse_args, setup_cfg
 from rankekit.engine.monitors import CovariateShiftMonitorHook
 from rankekit.evaluation.lcs import real_floor

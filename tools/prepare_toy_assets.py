@@ -7,10 +7,11 @@
 
 Each stage is an ordinary pretraining config under configs/pretrain/, run by the same Runner as
 tools/train.py; the trained sub-network is then written as a plain state_dict. The policy stage
-needs the tokenizer asset, so stages run in the order below. ``--convergence-check`` trains the shipped
-decoder 300 more iterations with RankE's decoder-phase reconstruction objective
-(configs/study/decoder_convergence.py) and reports how much rFID and the base policy's FID move. The same machine and thread count
-give the same files bit for bit (torch's CPU kernels are deterministic for a fixed thread count).
+needs the tokenizer asset, so stages run in the order below. ``--convergence-check`` trains the
+shipped decoder 300 more iterations with RankE's decoder-phase reconstruction objective
+(configs/study/decoder_convergence.py) and reports how much rFID and the base policy's FID move.
+The same machine and thread count give the same files bit for bit (torch's CPU kernels are
+deterministic for a fixed thread count).
 """
 from __future__ import annotations
 

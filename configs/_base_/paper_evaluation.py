@@ -2,8 +2,9 @@
 # and tools/eval_geneval.py (docs/evaluation.md). Nothing here runs during training. The leaf
 # configs set the paths; a path left None skips that benchmark.
 paper_eval = dict(
-    # sampling of every benchmark: prompt i has its own seed (rankekit.apis.inference.prompt_seeds,
-    # as tools/sample.py), so images do not depend on the batch size
+    # sampling of every benchmark: prompt i has its own seed
+    # (rankekit.evaluation.generation.prompt_seeds, as tools/sample.py), so images do not depend
+    # on the batch size
     sampling=dict(policy='online', decoder='ema', batch_size=32, seed=0),
     # MS-COCO 30K: val2014 captions cycled to 30k; FID = clean-fid ('clean' mode, Inception-v3)
     # against the val2014 images centre-cropped and resized to the model resolution; CLIP score =

@@ -5,5 +5,5 @@
 - :mod:`rankekit.analysis.ablation`: the markdown ablation table;
 - :mod:`rankekit.analysis.curves`: curves over iterations and the CLIP-vs-FID Pareto plot
   (matplotlib, optional extra ``plot``);
-- :mod:`rankekit.analysis.stats`: mean ± std over seeds and how tables print it.
+- :mod:`rankekit.evaluation.stats` (used here): mean ± std over seeds and how tables print it.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rankekit.analysis.runs import Run, RunGroup, group_runs, load_run
-from rankekit.analysis.stats import format_mean_std, mean_std
+from rankekit.evaluation.stats import format_mean_std, mean_std
 
 #: the columns shown unless --metrics says otherwise (each also matches its "[combo]" variants)
 DEFAULT_METRICS = ('fid/fid', 'clip_score/mean', 'compositional/accuracy', 'lcs/kl',
@@ -43,7 +43,7 @@ def check_request(groups: Sequence[RunGroup], names: set[str], metrics: Sequence
                   combos: Sequence[str], use_test: bool) -> None:
     """A ValueError for a combo that is not POLICY:DECODER or that no run's tools/test.py result
     has, and for a --metrics pattern that matches no metric (a typo would drop the column)."""
-    from rankekit.apis.inference import parse_combo
+    from rankekit.evaluation.generation import parse_combo
     from rankekit.utils.build import did_you_mean
     for combo in combos:
         parse_combo(combo)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from rankekit.analysis.runs import Run, RunGroup, group_runs, load_run, read_scalars, scalar_series
-from rankekit.analysis.stats import mean_std
+from rankekit.evaluation.stats import mean_std
 
 
 def _pyplot():
@@ -208,8 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--base', help='config the runs are compared with for labels (default: '
                         "the first run's)")
     parser.add_argument('--no-summary', action='store_true',
-                        help='Pareto metrics from tools/test.py only (not summary.json); the runs\' '
-                        'own evaluation settings then do not split their seeds into groups')
+                        help='Pareto metrics from tools/test.py only (not summary.json); the '
+                        'runs\' own evaluation settings then do not split their seeds into groups')
     return parser.parse_args(argv)
 
 

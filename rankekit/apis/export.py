@@ -93,7 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_export(args: argparse.Namespace) -> list[Path]:
-    from rankekit.apis.inference import check_combos, load_model
+    from rankekit.apis.inference import load_model
+    from rankekit.evaluation.generation import check_combos
     model, cfg, info = load_model(args.config, args.checkpoint, args.cfg_options)
     check_combos(model, [(args.policy, args.decoder)])
     paths = export_official(model, args.out_dir, args.policy, args.decoder,

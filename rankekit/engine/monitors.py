@@ -1,9 +1,9 @@
 """Training monitors: the latent covariate shift every N iterations, and grids of fixed prompts.
 
-Both hooks sample with fixed per-prompt seeds (:func:`rankekit.apis.inference.prompt_seeds`) and
-with every module in eval mode, restoring each module's own mode afterwards: they touch neither
-the global RNG, nor the rollout RNG, nor any buffer, so a run trains the same with or without
-them.
+Both hooks sample with fixed per-prompt seeds
+(:func:`rankekit.evaluation.generation.prompt_seeds`) and with every module in eval mode,
+restoring each module's own mode afterwards: they touch neither the global RNG, nor the rollout
+RNG, nor any buffer, so a run trains the same with or without them.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class CovariateShiftMonitorHook(Hook):
                  num_real: int = 128, prompts=None, policy: str = 'online', seed: int = 0,
                  sampling: dict | None = None, batch_size: int = 64, eps: float = 1e-6,
                  reference_cache: str | None = None, at_start: bool = True):
-        from rankekit.apis.inference import CHOICES
+        from rankekit.evaluation.generation import CHOICES
         if int(interval) < 1:
             raise ValueError(f'CovariateShiftMonitorHook interval must be >= 1, got {interval}')
         if policy not in CHOICES:
@@ -138,7 +138,7 @@ class CovariateShiftMonitorHook(Hook):
             return self.real_codes
         import torch
 
-        from rankekit.apis.inference import eval_mode
+        from rankekit.evaluation.generation import eval_mode
         from rankekit.evaluation.common import (RealImages, cache_key, cached_arrays,
                                                 module_device, module_fingerprint)
         real = RealImages(self.real if self.real is not None else fallback_dataset, self.num_real)
@@ -163,7 +163,7 @@ class CovariateShiftMonitorHook(Hook):
 
     def measure(self, model) -> dict[str, float]:
         """``{kl, entropy_bits, real_floor}`` of the policy's tokens for the fixed prompts now."""
-        from rankekit.apis.inference import check_combos, sample_tokens
+        from rankekit.evaluation.generation import check_combos, sample_tokens
         from rankekit.evaluation.lcs import lcs_from_codes
         if self.real_codes is None or self.prompts is None:
             raise RuntimeError('CovariateShiftMonitorHook: call compute_real_codes first')
@@ -240,7 +240,7 @@ class ImageGridHook(Hook):
                  combos=('online:ema', 'online:base'), seed: int = 0,
                  sampling: dict | None = None, scale: int | None = None, name: str = 'grid',
                  out_dir: str = 'grids', at_start: bool = True):
-        from rankekit.apis.inference import parse_combos
+        from rankekit.evaluation.generation import parse_combos
         if int(interval) < 1:
             raise ValueError(f'ImageGridHook interval must be >= 1, got {interval}')
         self.interval, self.prompts_cfg, self.num_prompts = int(interval), prompts, num_prompts
@@ -253,7 +253,7 @@ class ImageGridHook(Hook):
         """(H, W, 3) uint8: one row per combo, one column per prompt."""
         import torch
 
-        from rankekit.apis.inference import auto_scale, generate_combos, make_grid
+        from rankekit.evaluation.generation import auto_scale, generate_combos, make_grid
         out = generate_combos(model, self.prompts, self.combos, self.seed,
                               batch_size=len(self.prompts), sampling=self.sampling)
         images = torch.cat([out[c]['images'] for c in self.combos])
@@ -263,13 +263,13 @@ class ImageGridHook(Hook):
     def draw(self, runner, step: int):
         grid = self.grid(_unwrap(runner.model))
         runner.visualizer.add_image(self.name, grid, step=step)
-        from rankekit.apis.inference import save_png
+        from rankekit.evaluation.generation import save_png
         return save_png(grid, osp.join(runner.work_dir, self.out_dir, f'iter_{step}.png'))
 
     def before_train(self, runner) -> None:
         if not is_main_process():
             return
-        from rankekit.apis.inference import check_combos, combo_name
+        from rankekit.evaluation.generation import check_combos, combo_name
         check_combos(_unwrap(runner.model), self.combos)
         self.prompts = resolve_prompts(self.prompts_cfg, self.num_prompts,
                                        runner.train_dataloader.dataset, 'ImageGridHook')

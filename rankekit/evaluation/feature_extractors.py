@@ -160,7 +160,8 @@ class InceptionFeatures(nn.Module):
         """(N, 2048) pool features of images in [0, 1]."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-            raise ValueError(f'InceptionFeatures expects images (N, 3, H, W) in [0, 1], got {shape}')
+            raise ValueError('InceptionFeatures expects images (N, 3, H, W) in [0, 1], '
+                             f'got {shape}')
         x = images.float()
         if tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = F.interpolate(x, size=(self.resize, self.resize), mode='bilinear',

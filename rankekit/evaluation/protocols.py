@@ -2,7 +2,8 @@
 
 - **MS-COCO 30K**: :func:`coco30k_captions` (val2014 captions cycled to 30k), images generated to
   a folder (:func:`generate_to_folder`: batched, prompt ``i`` drawn with the per-prompt seed of
-  ``tools/sample.py`` / ``tools/test.py``, :func:`rankekit.apis.inference.prompt_seeds`, resumable),
+  ``tools/sample.py`` / ``tools/test.py``, :func:`rankekit.evaluation.generation.prompt_seeds`,
+  resumable),
   FID with clean-fid against the val2014 images centre-cropped and resized to the model
   resolution (:func:`prepare_real_folder`, :class:`~rankekit.evaluation.fid.COCOFIDProtocol`) and
   the CLIP score with OpenAI CLIP ViT-B/32 and ``"A photo depicts "`` (:func:`clip_score_folder`);
@@ -96,7 +97,7 @@ def coco30k_captions(source: str | os.PathLike, n: int = 30000,
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
-    from rankekit.apis.inference import save_png, to_uint8
+    from rankekit.evaluation.generation import save_png, to_uint8
     save_png(to_uint8(image[None])[0], path)
 
 
@@ -136,7 +137,7 @@ def generate_to_folder(model, prompts: Sequence[str], out_dir: str | os.PathLike
     Returns:
         the image paths, in prompt order.
     """
-    from rankekit.apis.inference import prompt_seeds
+    from rankekit.evaluation.generation import prompt_seeds
     prompts = [str(p) for p in prompts]
     seeds = prompt_seeds(seed, 0, len(prompts))
     if names is None:

@@ -157,7 +157,8 @@ class LPIPSLoss(nn.Module):
                  reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__()
         if net not in _LPIPS_BACKBONES:
-            raise ValueError(f"LPIPSLoss net must be one of {sorted(_LPIPS_BACKBONES)}, got {net!r}")
+            raise ValueError(f"LPIPSLoss net must be one of {sorted(_LPIPS_BACKBONES)}, "
+                             f"got {net!r}")
         arch, source = _LPIPS_BACKBONES[net]
         self.reduction = _check_reduction(reduction)
         self.loss_weight, self.net_name = loss_weight, net

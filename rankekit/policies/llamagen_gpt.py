@@ -90,7 +90,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+                * self.weight)
 
 
 class MLP(nn.Module):
@@ -114,7 +115,8 @@ class CaptionEmbedder(nn.Module):
         super().__init__()
         self.cap_proj = MLP(caption_dim, dim, dim)
         # a buffer (not trained), made after cap_proj so the init consumes the RNG as upstream
-        self.register_buffer('uncond_embedding', torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
+        self.register_buffer('uncond_embedding',
+                             torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
         self.uncond_prob = uncond_prob
 
     def forward(self, caption: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,8 @@ class BaseReward(nn.Module):
     def check_inputs(self, images: torch.Tensor, prompts: Sequence[str]) -> list[str]:
         """Raise a clear error unless ``images`` is (N, 3, H, W) float and ``prompts`` N strings."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            shape = (tuple(images.shape) if isinstance(images, torch.Tensor)
+                     else type(images).__name__)
             raise ValueError(f"reward '{self.name}' expects images as a float tensor (N, 3, H, W) "
                              f'in [0, 1], got {shape}')
         if not images.is_floating_point():
@@ -108,7 +109,8 @@ class BaseReward(nn.Module):
                 scores = torch.tensor([float(s) for s in scores])
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"reward '{self.name}' returned a list that is not a list of "
-                                f'numbers ({exc}); a reward must return one score per image') from exc
+                                f'numbers ({exc}); a reward must return one score '
+                                'per image') from exc
         elif not isinstance(scores, torch.Tensor):
             raise TypeError(f"reward '{self.name}' returned {type(scores).__name__}; a reward must "
                             f'return a tensor, array or list with one score per image')

@@ -30,7 +30,8 @@ def resolve_callable(spec: str | Callable) -> Callable:
     obj = module
     for part in attr_path.split('.'):
         if not hasattr(obj, part):
-            raise AttributeError(f"CallableReward fn='{spec}': '{getattr(obj, '__name__', obj)}' has "
+            raise AttributeError(f"CallableReward fn='{spec}': "
+                                 f"'{getattr(obj, '__name__', obj)}' has "
                                  f"no attribute '{part}'")
         obj = getattr(obj, part)
     if not callable(obj):

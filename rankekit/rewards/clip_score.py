@@ -139,9 +139,9 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f'model_name must be an open_clip architecture name, got {model_name!r}')
     if model_name.startswith(_HUB_PREFIXES):
-        raise ValueError(f"model_name='{model_name}' would load from a hub or folder; rankekit never "
-                         f'downloads. Give the architecture name (or model_cfg) and the local '
-                         f'weights file as pretrained=')
+        raise ValueError(f"model_name='{model_name}' would load from a hub or folder; rankekit "
+                         f'never downloads. Give the architecture name (or model_cfg) and the '
+                         f'local weights file as pretrained=')
     if model_cfg is None and model_name == TOY_CLIP_NAME:
         model_cfg = TOY_CLIP_CFG  # the toy CLIP's architecture ships with rankekit
     if model_cfg is not None:
@@ -155,9 +155,9 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
     needs_hf = text_cfg.get('hf_model_name') or text_cfg.get('hf_tokenizer_name') \
         or 'siglip' in model_name.lower()
     if needs_hf and os.environ.get('HF_HUB_OFFLINE') != '1':
-        raise ValueError(f"open_clip model '{model_name}' uses a Hugging Face text model/tokenizer, "
-                         f'which transformers would download; set HF_HUB_OFFLINE=1 to use files '
-                         f'already in the Hugging Face cache')
+        raise ValueError(f"open_clip model '{model_name}' uses a Hugging Face text "
+                         f'model/tokenizer, which transformers would download; set '
+                         f'HF_HUB_OFFLINE=1 to use files already in the Hugging Face cache')
 
     force_quick_gelu, force_preprocess = False, {}
     if weights_tag is not None:

@@ -36,8 +36,10 @@ def toy_vocabulary_sizes() -> dict:
 
 def check_attributes(attributes: torch.Tensor, n: int, what: str = 'attributes') -> torch.Tensor:
     """Validate an (N, 2, 4) attribute tensor; return it as long. Every row needs an object."""
-    if not isinstance(attributes, torch.Tensor) or attributes.dim() != 3 or attributes.shape[2] != 4:
-        shape = tuple(attributes.shape) if isinstance(attributes, torch.Tensor) else type(attributes)
+    if (not isinstance(attributes, torch.Tensor) or attributes.dim() != 3
+            or attributes.shape[2] != 4):
+        shape = (tuple(attributes.shape) if isinstance(attributes, torch.Tensor)
+                 else type(attributes))
         raise ValueError(f'{what} must be a LongTensor (N, objects, 4) with columns colour, shape, '
                          f'size, position (-1 = not given), got {shape}')
     if attributes.shape[0] != n:
@@ -219,7 +221,8 @@ class ToyFeatureNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(4)  # 4x4 grid keeps where things are
         self.embed = nn.Linear(c_in * 16, feat_dim)
         self.heads = nn.ModuleDict({
-            head: nn.Linear(feat_dim, self.num_positions * k) for head, k in self.num_classes.items()})
+            head: nn.Linear(feat_dim, self.num_positions * k)
+            for head, k in self.num_classes.items()})
         if pretrained is not None:
             from rankekit.utils.checkpoint import load_model_weights
             load_model_weights(self, pretrained, strict=True, what='ToyFeatureNet weights',

@@ -6,10 +6,10 @@ over every column with the same scene (same attribute rows, in either object ord
 caption when attributes are absent), not the diagonal alone, so that no correct pair is pushed
 apart.
 
-Train it with ``python tools/train.py configs/pretrain/clip_toy.py`` (``tools/prepare_toy_assets.py``
-runs that and exports ``toy://clip.pt``); :func:`export_clip_weights` turns a runner checkpoint
-into the plain state_dict that ``ClipScore(model_name='rankekit-toy-clip', pretrained=...)``
-loads.
+Train it with ``python tools/train.py configs/pretrain/clip_toy.py``
+(``tools/prepare_toy_assets.py`` runs that and exports ``toy://clip.pt``);
+:func:`export_clip_weights` turns a runner checkpoint into the plain state_dict that
+``ClipScore(model_name='rankekit-toy-clip', pretrained=...)`` loads.
 """
 from __future__ import annotations
 
@@ -99,9 +99,9 @@ class ClipPretrainModel(BaseModel):
     def encode(self, image: torch.Tensor, caption: Sequence[str]):
         """L2-normalised image and text features, each (B, D)."""
         if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)
             raise ValueError('ClipPretrainModel expects batch["image"] as a float tensor '
-                             '(B, 3, H, W) in [0, 1], got '
-                             f'{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)}')
+                             f'(B, 3, H, W) in [0, 1], got {shape}')
         if isinstance(caption, str) or len(caption) != len(image):
             raise ValueError(f'ClipPretrainModel expects batch["caption"] as a list of '
                              f'{len(image)} strings (one per image), got {caption!r:.80}')

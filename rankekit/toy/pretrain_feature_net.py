@@ -37,7 +37,8 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def augment_images(images: torch.Tensor, prob: float = 0.8, shift: float = 1.0,
                    blur_sigma: tuple = (0.3, 0.9), blur_prob: float = 0.3,
                    resample_prob: float = 0.3, gain: float = 0.08, offset: float = 0.03,
-                   noise_std: float = 0.03, generator: torch.Generator | None = None) -> torch.Tensor:
+                   noise_std: float = 0.03,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Random VQ-like artefacts on a batch in [0, 1]; each image is augmented with ``prob``.
 
     - shift: uniform sub-pixel translation up to ``shift`` pixels (bilinear, edges replicated);

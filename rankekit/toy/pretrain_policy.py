@@ -19,7 +19,7 @@ from rankekit.utils.build import build_module
 
 @MODELS.register_module()
 class PolicyPretrainModel(BaseModel):
-    """Trains the toy AR policy and text encoder on a frozen tokenizer's codes (CE, caption dropout).
+    """Trains the toy AR policy + text encoder on a frozen tokenizer's codes (CE, caption dropout).
 
     Batches are dicts from ``default_collate`` of ToyShapes items: ``image`` (B, 3, H, W) in
     [0, 1] and ``caption`` (list of B str); other keys are ignored. Logged: ``loss/ce`` (mean
@@ -87,9 +87,9 @@ class PolicyPretrainModel(BaseModel):
     def images_to_codes(self, image: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> codes (B, L) of the frozen tokenizer."""
         if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)
             raise ValueError('PolicyPretrainModel expects batch["image"] as a float tensor '
-                             '(B, 3, H, W) in [0, 1], got '
-                             f'{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)}')
+                             f'(B, 3, H, W) in [0, 1], got {shape}')
         codes = self.tokenizer.images_to_codes(image.float() * 2 - 1)
         if codes.shape[1] != self.policy.num_image_tokens:
             raise ValueError(f'{tuple(image.shape[-2:])} images give {codes.shape[1]} codes but '
@@ -97,7 +97,8 @@ class PolicyPretrainModel(BaseModel):
         return codes
 
     def forward(self, image: torch.Tensor, caption: list[str], mode: str = 'tensor', **unused):
-        """``'loss'``: loss dict; ``'predict'``: per-sample dicts (nll, acc); ``'tensor'``: logits."""
+        """``'loss'``: loss dict; ``'predict'``: per-sample dicts (nll, acc); ``'tensor'``: logits.
+        """
         if mode not in ('loss', 'predict', 'tensor'):
             raise ValueError(f"PolicyPretrainModel.forward: mode must be 'loss', 'predict' or "
                              f"'tensor', got {mode!r}")
