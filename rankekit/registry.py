@@ -48,8 +48,9 @@ class Registry(_MMEngineRegistry):
         super().import_from_location()
 
 
-def _domain(name: str, location: str, doc: str, build_func=None) -> Registry:
-    registry = Registry(name, build_func=build_func, scope=SCOPE, locations=[location])
+def _domain(name: str, location: str | list[str], doc: str, build_func=None) -> Registry:
+    locations = [location] if isinstance(location, str) else list(location)
+    registry = Registry(name, build_func=build_func, scope=SCOPE, locations=locations)
     registry.__doc__ = doc
     return registry
 
@@ -78,7 +79,8 @@ ANCHORS = _domain('anchor', 'rankekit.anchors',
                   'Stability anchors (KL, EMA, L2) usable on the policy or on the decoder.')
 LOSSES = _domain('loss', 'rankekit.losses',
                  'Decoder-side losses: perceptual distances, adversarial losses.')
-FEATURE_EXTRACTORS = _domain('feature extractor', 'rankekit.evaluation',
+FEATURE_EXTRACTORS = _domain('feature extractor',
+                             ['rankekit.evaluation', 'rankekit.toy.feature_net'],
                              'Image feature networks for FID-style metrics.')
 
 # --- children of MMEngine's engine registries ---------------------------------------------------

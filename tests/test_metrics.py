@@ -525,7 +525,7 @@ def test_compositional_accuracy_parses_captions_without_attributes():
 
 
 def test_compositional_accuracy_with_the_shipped_feature_net():
-    from rankekit.toy.assets import toy_asset_path
+    from rankekit.utils.toy_assets import toy_asset_path
     if not toy_asset_path('feature_net.pt', must_exist=False).is_file():
         pytest.skip('toy asset feature_net.pt not built')
     ds, images = real_images(24, split='test', size=32)

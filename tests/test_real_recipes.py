@@ -262,7 +262,7 @@ def test_hpsv2_benchmark_per_style_and_average(tmp_path):
 
 def test_clip_score_folder_uses_prefix_and_files(tmp_path):
     from rankekit.rewards.clip_score import ClipScore
-    from rankekit.toy.clip_toy import TOY_CLIP_CFG, TOY_CLIP_NAME
+    from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_NAME
     torch.manual_seed(0)
     clip = ClipScore(model_name=TOY_CLIP_NAME, model_cfg=TOY_CLIP_CFG, pretrained=None,
                      prefix='A photo depicts ', scale=100.0)

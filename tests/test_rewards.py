@@ -161,7 +161,7 @@ def test_clip_score_loads_saved_weights(reward, images, tmp_path, monkeypatch):
     loaded = ClipScore(model_name=TINY_NAME, model_cfg=TINY_CFG, pretrained=str(path))
     torch.testing.assert_close(loaded(images, PROMPTS), reward(images, PROMPTS))
     # toy://name resolves to the package's toy asset folder
-    from rankekit.toy import assets
+    from rankekit.utils import toy_assets as assets
     monkeypatch.setattr(assets, 'ASSET_DIR', tmp_path)
     shipped = ClipScore(model_name=TINY_NAME, model_cfg=TINY_CFG, pretrained='toy://tiny_clip.pt')
     torch.testing.assert_close(shipped(images, PROMPTS), reward(images, PROMPTS))

@@ -7,7 +7,7 @@ import torch
 from rankekit.apis.config import load_config
 from rankekit.registry import (FEATURE_EXTRACTORS, MODELS, POLICIES, REWARDS, TEXT_ENCODERS,
                                TOKENIZERS)
-from rankekit.toy.assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
+from rankekit.utils.toy_assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
 from rankekit.utils.checkpoint import WeightsFileError, load_weights_file
 
 REPO = Path(__file__).resolve().parents[1]

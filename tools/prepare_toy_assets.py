@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rankekit.toy.assets import ASSET_DIR
+    from rankekit.utils.toy_assets import ASSET_DIR
     out_dir = Path(args.out_dir) if args.out_dir else ASSET_DIR
     console = Console()
     report = []

@@ -229,7 +229,7 @@ def missing_weight_files(model_cfg, where: str = 'model') -> list[str]:
     """``'key=path'`` for every weights file or folder the model config names that is not there
     (keys ``pretrained``, ``*_pretrained``, ``model_dir``, ``backbone_weights``; ``toy://`` names
     are checked against the shipped toy assets)."""
-    from rankekit.toy.assets import (PREFIX, REBUILD_COMMAND, TOY_ASSETS, is_toy_asset,
+    from rankekit.utils.toy_assets import (PREFIX, REBUILD_COMMAND, TOY_ASSETS, is_toy_asset,
                                      toy_asset_path)
     from rankekit.utils.build import did_you_mean
     missing = []

@@ -28,7 +28,7 @@ from rankekit.evaluation.fid import (COCOFIDProtocol, FIDMetric, clean_fid_weigh
 from rankekit.evaluation.lcs import (LCSMetric, code_histogram, lcs_from_codes, lcs_kl, real_floor,
                                      smooth, token_entropy)
 from rankekit.registry import FEATURE_EXTRACTORS, METRICS, REWARDS
-from rankekit.toy.clip_toy import TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_NAME
 
 __all__ = ['FIDMetric', 'ClipScoreMetric', 'LCSMetric', 'CompositionalAccuracy', 'COCOFIDProtocol',
            'frechet_distance', 'feature_statistics', 'fid_from_features', 'extract_features',

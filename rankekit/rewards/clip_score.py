@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
-from rankekit.toy.clip_toy import TOY_CLIP_CFG, TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_NAME
 from rankekit.utils.checkpoint import load_model_weights, require_weights
 
 # architectures this process registered with open_clip (name -> config)
@@ -47,7 +47,7 @@ def register_open_clip_config(name: str, model_cfg: dict) -> None:
     missing = [k for k in ('embed_dim', 'vision_cfg', 'text_cfg') if k not in model_cfg]
     if missing:
         raise ValueError(f"model_cfg for '{name}' lacks {missing}; an open_clip model config has "
-                         f'embed_dim, vision_cfg and text_cfg (see rankekit/toy/clip_toy.py)')
+                         f'embed_dim, vision_cfg and text_cfg (see rankekit/rewards/toy_clip.py)')
     cfg = _plain(model_cfg)
     if _REGISTERED.get(name) == cfg:
         return
@@ -76,7 +76,7 @@ def check_finetuned_path(reward: str, pretrained: str | None, what: str, source:
 
 
 def _is_local_file(path: str) -> bool:
-    from rankekit.toy.assets import is_toy_asset, toy_asset_path
+    from rankekit.utils.toy_assets import is_toy_asset, toy_asset_path
     if is_toy_asset(path):  # toy://name: a checkpoint shipped with the package
         return toy_asset_path(path, must_exist=False).is_file()
     return Path(path).expanduser().is_file()
@@ -263,7 +263,7 @@ class ClipScore(BaseReward):
             checkpoint), or None for random weights (tests). Hub tags and names are refused:
             nothing is ever downloaded.
         model_cfg: open_clip model config registering a custom architecture (the toy CLIP:
-            :data:`rankekit.toy.clip_toy.TOY_CLIP_CFG`).
+            :data:`rankekit.rewards.toy_clip.TOY_CLIP_CFG`).
         scale: multiplies the cosine (100 as in the CLIP-score protocol).
         prefix: prepended to every prompt, e.g. ``'A photo depicts '`` (the paper's protocol).
         differentiable: let gradients flow to the images (False: scores under no_grad).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rankekit.registry import REWARDS
 from rankekit.rewards.clip_score import ClipScore, check_finetuned_path
-from rankekit.toy.clip_toy import TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_NAME
 
 HPS_FILES = {'v2.1': 'HPS_v2.1_compressed.pt', 'v2.0': 'HPS_v2_compressed.pt'}
 HPS_SOURCE = ('the Hugging Face model repo xswu/HPSv2 (https://huggingface.co/xswu/HPSv2): '

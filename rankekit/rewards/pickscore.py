@@ -23,7 +23,7 @@ import torch
 from rankekit.registry import REWARDS
 from rankekit.rewards.clip_score import ClipScore, check_finetuned_path
 from rankekit.rewards.hpsv2 import OPENAI_MEAN, OPENAI_STD
-from rankekit.toy.clip_toy import TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_NAME
 
 PICKSCORE_SOURCE = ('the Hugging Face model repo yuvalkirstain/PickScore_v1 '
                     '(https://huggingface.co/yuvalkirstain/PickScore_v1): model.safetensors or '

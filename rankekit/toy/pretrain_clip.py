@@ -23,7 +23,7 @@ from mmengine.model import BaseModel
 
 from rankekit.registry import MODELS
 from rankekit.rewards.clip_score import build_open_clip, preprocess_like
-from rankekit.toy.clip_toy import TOY_CLIP_CFG, TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_NAME
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on the learned temperature
 

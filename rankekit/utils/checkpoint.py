@@ -131,7 +131,7 @@ def load_weights_file(path: str | os.PathLike, *, what: str = 'weights file',
         source: where a user gets it (a URL or a command), for the missing-file message.
         where: where the config expects it, for the missing-file message.
     """
-    from rankekit.toy.assets import resolve_weights_path
+    from rankekit.utils.toy_assets import resolve_weights_path
     path = resolve_weights_path(path)  # toy://name -> packaged toy checkpoint (clear error)
     if path.is_dir():
         return load_sharded_state_dict(path, what=what, source=source,

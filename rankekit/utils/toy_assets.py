@@ -1,14 +1,15 @@
-"""The toy world's pretrained checkpoints, shipped inside the package.
+"""The toy world's pretrained checkpoints, shipped inside the package (``rankekit/toy/assets/``).
 
 Configs refer to them as ``toy://<name>`` (e.g. ``pretrained='toy://vq.pt'``); every weights
-loader of rankekit resolves that prefix here. ``python tools/prepare_toy_assets.py`` rebuilds
+loader of rankekit resolves that prefix here. It lives in ``utils`` (and finds the folder by path)
+so that the loaders do not import the toy package. ``python tools/prepare_toy_assets.py`` rebuilds
 them from fixed seeds.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-ASSET_DIR = Path(__file__).resolve().parent / 'assets'
+ASSET_DIR = Path(__file__).resolve().parents[1] / 'toy' / 'assets'
 PREFIX = 'toy://'
 REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
 #: the files that command writes
