@@ -173,6 +173,7 @@ def test_find_resume_checkpoint_cases(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # (a) a crash in the middle of a save
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_crash_mid_save_keeps_previous_checkpoint_and_resume_finishes(reference, tmp_path,
                                                                       monkeypatch):
     work = tmp_path / 'work'
@@ -254,6 +255,7 @@ def test_sigkill_mid_save_leaves_a_resumable_run(reference, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # (b) a truncated newest checkpoint
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_resumes_from_previous_with_log_line(copied_run, reference):
     cfg, work = copied_run
     newest = work / 'iter_4.pth'
@@ -303,6 +305,7 @@ def test_resume_explicit_truncated_path_is_one_error_line(copied_run, capsys, mo
 # ------------------------------------------------------------------------------------------------
 # (c) non-finite weights are never written
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_nonfinite_weight_refuses_save_and_keeps_previous(tmp_path):
     work = tmp_path / 'work'
     cfg = _write_config(tmp_path / 'run.py', work, max_keep=1,
@@ -345,6 +348,7 @@ def test_resume_with_different_config_lists_the_keys(copied_run, capsys, monkeyp
                                            '--cfg-options', changes[0]])))
 
 
+@pytest.mark.slow
 def test_resume_with_only_max_iters_changed_continues(copied_run):
     cfg, work = copied_run
     resumed = _train(cfg, '--resume', '--cfg-options', 'train_cfg.max_iters=6')

@@ -196,7 +196,7 @@ def _fsdp2_policy(rank, world):
 
 
 @pytest.fixture(scope='module')
-def ranks(tmp_path_factory):
+def ranks(tmp_path_factory):  # the tests using it train on 2 spawned ranks: marked slow
     """The results of the 2 spawned gloo ranks (one spawn for every scenario)."""
     out = tmp_path_factory.mktemp('ranks')
     mp.spawn(_worker, args=(WORLD, f'file://{out}/rendezvous', str(out)), nprocs=WORLD,
@@ -209,6 +209,7 @@ def _differing(a, b):
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scenario', ['exact', 'batchnorm', 'nan'])
 def test_ranks_end_bit_identical(ranks, scenario):
     """Every parameter, buffer and optimizer tensor equal on both ranks after every step,
@@ -222,6 +223,7 @@ def test_ranks_end_bit_identical(ranks, scenario):
     assert not torch.equal(ranks[0][scenario]['tokens'][0], ranks[1][scenario]['tokens'][0])
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_global_batch(ranks):
     """2 ranks x 2 prompts == 1 process x 4 prompts, in float64, to 1e-9 (abs): AdamW with a clipped
     policy gradient, running reward normalisation, the adaptive GAN weight, rank-GAN, reward
@@ -258,6 +260,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(ranks):
         assert (got[key] - initial[key]).abs().max() > 1e-4, key
 
 
+@pytest.mark.slow
 def test_sharded_rank_e_equals_one_process(ranks):
     """shard_policy=True (FSDP2 of the policy, its reference and EMA inside RankE's own step):
     each rank holds half of the policy, the ranks agree bit for bit, and the gathered tensors
@@ -288,6 +291,7 @@ def test_sharded_rank_e_equals_one_process(ranks):
     assert {k for k in got if k.startswith(('p/', 'o/'))} <= reloaded.keys()
 
 
+@pytest.mark.slow
 def test_nan_reward_on_one_rank_skips_the_update_on_both(ranks):
     """Rank 1's reward is NaN from the 2nd iteration on; rank 0's is finite. Both ranks skip
     that iteration's whole update and count it; the weights stay those of step 1."""
@@ -401,6 +405,7 @@ def test_rank_e_under_a_flexible_runner_strategy_is_refused(tmp_path):
         setup_cfg(parse_args([str(tmp_path / 'c.py')]))
 
 
+@pytest.mark.slow
 def test_fsdp2_shards_the_policy_on_cpu(ranks):
     """Bonus, a building block only (RankE training does not shard, see docs/distributed.md):
     torch FSDP2 ``fully_shard`` of the policy class on 2 gloo ranks holds half the parameters per

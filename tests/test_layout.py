@@ -102,3 +102,20 @@ def test_ruff_is_clean_with_the_committed_config():
 def _module_available(name: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(name) is not None
+
+
+def test_nothing_points_outside_the_repository():
+    """Comments, docs and configs name files of this repository only (a clone has nothing beside
+    it): no ../shared, no team notes."""
+    outside = ('../shared', 'shared/', 'METHOD.md', 'TOY_NOTES', 'PERF_ANCHORS', 'DESIGN.md',
+               'ENV.md')
+    found = []
+    for path in [*REPO.glob('*.md'), *REPO.glob('*.toml'),
+                 *(p for d in ('rankekit', 'configs', 'tools', 'docs', 'tests')
+                   for p in (REPO / d).rglob('*') if p.suffix in ('.py', '.md'))]:
+        if 'data' in path.relative_to(REPO).parts[:2] or path.name == 'test_layout.py':
+            continue
+        for lineno, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+            if any(word in line for word in outside):
+                found.append(f'{path.relative_to(REPO)}:{lineno}: {line.strip()[:80]}')
+    assert not found, '\n'.join(found)

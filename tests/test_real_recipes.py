@@ -566,6 +566,7 @@ def as_argv(opts: dict) -> list[str]:
 
 @pytest.mark.parametrize('name', ['ranke_llamagen-xl_clip', 'grpo_llamagen-xl_clip',
                                   'ranke_llamagen-xl_hpsv2', 'ranke_janus-pro-1b_clip'])
+@pytest.mark.slow
 def test_real_config_builds_from_dummy_files_and_runs_one_iteration(name, assets, tmp_path,
                                                                     monkeypatch):
     from rankekit.rewards.clip_score import register_open_clip_config

@@ -59,7 +59,9 @@ def test_component_builds_from_its_info_example(registry_key, name, obj, tmp_pat
         return
     assert example['type'] == name
     built = ALL_REGISTRIES[registry_key].build(example)
-    assert built is not None
+    # the registered class itself, or (duck-typed rewards) a wrapper around an instance of it
+    assert isinstance(built, obj) or isinstance(getattr(built, 'module', None), obj), \
+        f'{name}: built a {type(built).__name__}'
 
 
 def test_list_shows_every_registry():

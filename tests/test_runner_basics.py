@@ -115,6 +115,7 @@ def _train(cfg_file, *extra):
     return runner
 
 
+@pytest.mark.slow
 def test_save_and_resume_round_trip(tmp_path):
     full_dir, split_dir = tmp_path / 'full', tmp_path / 'split'
     (tmp_path / 'full.py').write_text(_cfg_text(full_dir, max_iters=6))
@@ -138,6 +139,7 @@ def test_save_and_resume_round_trip(tmp_path):
     del first
 
 
+@pytest.mark.slow
 def test_resume_from_explicit_path_and_load_from(tmp_path):
     run_dir = tmp_path / 'run'
     (tmp_path / 'a.py').write_text(_cfg_text(run_dir, max_iters=3))

@@ -149,6 +149,7 @@ def test_make_grid_places_upscaled_tiles():
 # ------------------------------------------------------------------------------------------------
 # monitor hooks inside a runner
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_covariate_shift_monitor_logs_lcs_at_its_iterations(trained):
     cfg_file, work_dir = trained
     records = _records(work_dir)
@@ -175,6 +176,7 @@ def test_covariate_shift_monitor_logs_lcs_at_its_iterations(trained):
     assert logged['entropy_bits'] == pytest.approx(-(p[p > 0] * np.log2(p[p > 0])).sum())
 
 
+@pytest.mark.slow
 def test_image_grid_hook_writes_grids_through_visualizer_and_work_dir(trained):
     cfg_file, work_dir = trained
     assert sorted(p.name for p in (work_dir / 'grids').iterdir()) == [
@@ -194,6 +196,7 @@ def test_image_grid_hook_writes_grids_through_visualizer_and_work_dir(trained):
     assert np.abs(tile - want).max() <= 1
 
 
+@pytest.mark.slow
 def test_monitor_hooks_do_not_change_training(trained, tmp_path):
     _, work_dir = trained
     cfg_file = tmp_path / 'plain.py'
@@ -228,6 +231,7 @@ def _probe_by_hand(model, prompts, policy, decoder, seed):
             float(out['tokens'].double().mean()))
 
 
+@pytest.mark.slow
 def test_test_tool_metrics_per_combo_and_seed(trained, tmp_path):
     cfg_file, work_dir = trained
     out_dir = tmp_path / 'eval'
@@ -271,6 +275,7 @@ def test_test_tool_metrics_per_combo_and_seed(trained, tmp_path):
             results['base:base']['per_seed'][seed], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_test_tool_argument_errors(trained, capsys):
     cfg_file, work_dir = trained
     with pytest.raises(SystemExit):
@@ -283,6 +288,7 @@ def test_test_tool_argument_errors(trained, capsys):
     assert 'error: --num 9: the prompt set has 8 prompts' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_config_is_a_clear_error(trained, tmp_path):
     cfg_file, work_dir = trained
     other = tmp_path / 'other.py'
@@ -293,6 +299,7 @@ def test_checkpoint_of_another_config_is_a_clear_error(trained, tmp_path):
         load_model(str(cfg_file), tmp_path)
 
 
+@pytest.mark.slow
 def test_sample_tool_writes_pngs_of_any_combo(trained, tmp_path):
     cfg_file, work_dir = trained
     prompts = ['a red circle', 'a large blue square on the left']
@@ -320,6 +327,7 @@ def test_sample_tool_writes_pngs_of_any_combo(trained, tmp_path):
                               np.asarray(Image.open(tmp_path / 's' / name)))
 
 
+@pytest.mark.slow
 def test_test_tool_with_a_prompt_file(trained, tmp_path):
     cfg_file, work_dir = trained
     prompts = ['a red circle', 'a green cross at the top', 'a small cyan square']

@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--gpt-b', action='store_true',
-                        help='also time GPT-B t2i (PERF_ANCHORS config a): 8 x 256 tokens, CFG 6')
+                        help='also time GPT-B t2i (the official-sampler figure a, '
+                             'docs/benchmarks.md): 8 x 256 tokens, CFG 6')
     parser.add_argument('--json', help='write all figures to this JSON file')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     torch.nn.init.normal_(long_policy.output.weight, std=0.02)
     results['sampler_256_tokens'] = sampler_rows(long_policy, 64, 16, 32, (256,), 3.0, 1,
                                                  recompute=True)
-    # PERF_ANCHORS config b: tiny (4 layers, dim 256, 8 heads, vocab 512, 8x8, 16 x 128 caption)
+    # the official-sampler figure b (docs/benchmarks.md): tiny (4 layers, dim 256, 8 heads,
+    # vocab 512, 8x8, 16 x 128 caption)
     tiny_b = POLICIES.build(dict(type='LlamaGenGPT', dim=256, n_layer=4, n_head=8,
                                  vocab_size=512, block_size=64, cls_token_num=16,
                                  caption_dim=128)).eval()

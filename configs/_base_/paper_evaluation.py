@@ -1,4 +1,4 @@
-# The paper's evaluation protocol (shared/METHOD.md sec. 4), read by rankekit.evaluation.protocols
+# The paper's evaluation protocol (docs/evaluation.md), read by rankekit.evaluation.protocols
 # and tools/eval_geneval.py (docs/evaluation.md). Nothing here runs during training. The leaf
 # configs set the paths; a path left None skips that benchmark.
 paper_eval = dict(

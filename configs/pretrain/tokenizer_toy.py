@@ -1,5 +1,6 @@
 # The toy VQ tokenizer (LlamaGen's VQModel class, 8x8 grid of 256 codes): warm-up without
-# quantisation, k-means codebook initialisation, dead-code resets (see TOY_NOTES).
+# quantisation, k-means codebook initialisation, dead-code resets
+# (rankekit/toy/pretrain_tokenizer.py).
 _base_ = ['../_base_/models/toy_backbone.py', '../_base_/datasets/toy_shapes.py',
           '../_base_/schedules/pretrain_toy.py', '../_base_/default_runtime.py']
 model = dict(type='VQPretrainModel', tokenizer={{_base_.toy_tokenizer}}, warmup_iters=100,

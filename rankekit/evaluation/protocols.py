@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol (shared/METHOD.md sec. 4) for real backbones.
+"""The paper's evaluation protocol (docs/evaluation.md) for real backbones.
 
 - **MS-COCO 30K**: :func:`coco30k_captions` (val2014 captions cycled to 30k), images generated to
   a folder (:func:`generate_to_folder`: batched, prompt ``i`` drawn with the per-prompt seed of

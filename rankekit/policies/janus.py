@@ -83,7 +83,7 @@ ARCH_SETTINGS = {
                              max_position_embeddings=16384),
         image_token_size=16384, image_embed_dim=8, image_token_embed=4096, aligner_depth=2,
         image_token_num=576),
-    # the reference tiny model (../shared/reference/janus_tiny) and its own token ids
+    # the reference tiny model (tests/data/reference/janus_tiny) and its own token ids
     'tiny': dict(
         language_config=dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=4, vocab_size=206,

@@ -36,7 +36,7 @@ ARCH_SETTINGS = {
     'GPT-L': dict(n_layer=24, n_head=16, dim=1024, **_T2I),
     'GPT-XL': dict(n_layer=36, n_head=20, dim=1280, **_T2I),
     'GPT-XXL': dict(n_layer=48, n_head=24, dim=1536, **_T2I),
-    # the reference tiny model (../shared/reference/gpt_tiny.pt)
+    # the reference tiny model (tests/data/reference/gpt_tiny.pt)
     'tiny': dict(n_layer=2, n_head=4, dim=64, vocab_size=64, block_size=16, cls_token_num=8,
                  caption_dim=32),
 }

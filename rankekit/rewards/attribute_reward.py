@@ -26,7 +26,7 @@ class AttributeReward(BaseReward):
 
     Args:
         classifier: a ToyFeatureNet config (``pretrained=<weights file>``) or module.
-        mode: 'product' (the TOY_NOTES reward: all attributes must be right) or 'mean'.
+        mode: 'product' (the strict toy reward: all attributes must be right) or 'mean'.
         differentiable: gradients flow from the score to the images (default True).
         name: log name (default 'attribute_reward').
     """

@@ -1,7 +1,7 @@
 """Pretraining the toy VQ tokenizer (the same :class:`~rankekit.tokenizers.VQModel` as LlamaGen's).
 
-Plain L1 training of a small L2-normalised VQ collapses onto one code (see TOY_NOTES.md). Three
-standard remedies, all in :class:`VQPretrainModel`:
+Plain L1 training of a small L2-normalised VQ collapses onto one code (seen in the first toy
+runs). Three standard remedies, all in :class:`VQPretrainModel`:
 
 1. warm-up without quantisation: the decoder first learns from the normalised latent itself;
 2. codebook initialised from encoder outputs (spherical k-means over recent latents) at the first

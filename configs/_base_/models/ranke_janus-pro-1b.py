@@ -1,7 +1,8 @@
 # RankE on Janus-Pro-1B (generation path, 384 px): the EFFECTIVE settings of the released scripts
-# (shared/METHOD.md sec. 2). Architectures and hyper-parameters only: the leaf configs set the
-# Janus directory (pretrained=...) and the reward(s). What differs from LlamaGen-XL: CFG 5.0,
-# 576 tokens (24x24), EMA-anchor weight 5, reward backprop 0.05 (and KL beta 0.01 with HPSv2).
+# (each value's comment says where it comes from). Architectures and hyper-parameters only: the
+# leaf configs set the Janus directory (pretrained=...) and the reward(s). What differs from
+# LlamaGen-XL: CFG 5.0, 576 tokens (24x24), EMA-anchor weight 5, reward backprop 0.05 (and KL
+# beta 0.01 with HPSv2).
 _base_ = ['./ranke_llamagen-xl.py']
 model = dict(
     # Janus's gen_vision_model is a LlamaGen VQ-16: 16384 codes of dim 8, 24x24 grid at 384 px

@@ -1,6 +1,6 @@
 # RankE on LlamaGen-XL (t2i, 256 px): the EFFECTIVE settings of the released scripts
-# (shared/METHOD.md sec. 2). Architectures and hyper-parameters only: the leaf configs set the
-# weight files (pretrained=...) and the reward(s).
+# (each value's comment says where it comes from). Architectures and hyper-parameters only: the
+# leaf configs set the weight files (pretrained=...) and the reward(s).
 model = dict(
     type='RankEModel',
     # VQ-16: 16384 codes of dim 8, 16x16 grid at 256 px; encoder + codebook frozen, decoder trains
