@@ -1,7 +1,6 @@
 """The ``rankekit`` command line: discover components, train, evaluate, sample."""
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import json
@@ -73,8 +72,8 @@ def _selected(registry: Optional[str], pattern: Optional[str]) -> dict[str, dict
     registries = _registries()
     if registry is not None:
         if registry not in registries:
-            close = difflib.get_close_matches(registry, registries, n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+            from rankekit.utils.build import did_you_mean
+            hint = did_you_mean(registry, registries)
             _fail(f"unknown registry '{registry}'.{hint} Registries: {', '.join(registries)}")
         registries = {registry: registries[registry]}
     selected = {}
@@ -138,8 +137,8 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
     found = _find(name)
     if not found:
         every = sorted({n for reg in _registries().values() for n in _members(reg)})
-        close = difflib.get_close_matches(name, every, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+        from rankekit.utils.build import did_you_mean
+        hint = did_you_mean(name, every, cutoff=0.5)
         _fail(f"no component named '{name}' in any registry.{hint} See `rankekit list`.")
     from rankekit.plugins import origin_of
     for key, obj in found:

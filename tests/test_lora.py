@@ -167,11 +167,11 @@ def test_merged_export_loads_strictly_in_the_official_layout(tmp_path):
 def test_gpt_xl_lora_export_has_the_official_manifest(reference_path):
     """LlamaGen GPT-XL (775M) with LoRA on every block linear, built on the meta device: the
     merged export's keys and shapes are exactly the official checkpoint's manifest."""
-    from rankekit.models.lora import DEFAULT_LORA, add_lora, merged_state_dict
+    from rankekit.models.lora import add_lora, merged_state_dict
     manifest = json.loads((reference_path / 'manifests' / 'llamagen_gpt_xl_t2i.json').read_text())
     with torch.device('meta'):
         policy = POLICIES.build(dict(type='LlamaGenGPT', arch='GPT-XL'))
-        add_lora(policy, dict(DEFAULT_LORA))
+        add_lora(policy)
         merged = merged_state_dict(policy)
     expected = {k: v for k, v in manifest.items() if isinstance(v, list)}
     assert list(merged) == list(expected)  # the official order too

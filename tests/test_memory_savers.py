@@ -96,9 +96,9 @@ def test_decoder_checkpointing_gradients_equal_and_switch_is_checked():
     def loss():
         return (model.decode(codes, 'online') - target).pow(2).mean()
 
-    model.decoder_cfg['grad_checkpointing'] = False
+    model.decoder_cfg.grad_checkpointing = False
     plain, plain_bytes = _grads_and_saved_bytes(decoder, loss, (), False)
-    model.decoder_cfg['grad_checkpointing'] = True
+    model.decoder_cfg.grad_checkpointing = True
     again, again_bytes = _grads_and_saved_bytes(decoder, loss, (), False)
     for name in plain:
         torch.testing.assert_close(again[name], plain[name], rtol=1e-6, atol=1e-7)

@@ -613,7 +613,7 @@ def test_real_config_builds_from_dummy_files_and_runs_one_iteration(name, assets
         assert int(model.decoder_steps) == 1 and decoder_moved
         assert 'train/decoder/rank_gan' in scalars and 'train/disc/loss' in scalars
     if 'hpsv2' in name:  # released HPS runs score without gradients: no decoder reward term
-        assert model.decoder_cfg['reward_weight'] == 0.0 and 'train/decoder/reward' not in scalars
+        assert model.decoder_cfg.reward_weight == 0.0 and 'train/decoder/reward' not in scalars
     elif not name.startswith('grpo'):
         assert 'train/decoder/reward' in scalars
     if name == 'ranke_llamagen-xl_clip':  # the checkpoint feeds the evaluation tools

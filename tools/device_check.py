@@ -156,10 +156,11 @@ def run(args) -> dict:
     results['params_policy_m'] = sum(p.numel() for p in model.policy.parameters()) / 1e6
     results['params_decoder_m'] = sum(p.numel() for p in model.tokenizer.decoder_parameters()) / 1e6
 
-    G = int(model.rollout_cfg['group_size'])
+    G = int(model.rollout_cfg.group_size)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
     L = model.policy.num_image_tokens
-    sampling = {k: model.rollout_cfg[k] for k in ('cfg_scale', 'temperature', 'top_k', 'top_p')}
+    sampling = {k: getattr(model.rollout_cfg, k) for k in ('cfg_scale', 'temperature', 'top_k',
+                                                          'top_p')}
     results.update(prompts=len(prompts), group_size=G, tokens_per_image=L, **sampling)
 
     # ---- 1. rollout sampling speed ----------------------------------------------------------
@@ -180,7 +181,7 @@ def run(args) -> dict:
     model.train()
     model.phases = dict(policy=True, decoder=True)
     # past disc_start: the discriminator, adaptive GAN and rank-GAN terms all run
-    model.decoder_steps.fill_(int(model.decoder_cfg['disc_start']))
+    model.decoder_steps.fill_(int(model.decoder_cfg.disc_start))
     size = model.tokenizer.grid_size * model.tokenizer.downsample_factor
     images = torch.rand(len(prompts), 3, size, size, generator=torch.Generator().manual_seed(1))
     iteration_s = []

@@ -302,7 +302,8 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
     the policy, its reference and EMA copies over (FSDP2, one unit per block);
     ``prompt_tokens``: the prompt length of token-id policies (Janus-Pro).
     """
-    from rankekit.models.lora import DEFAULT_LORA, add_lora
+    from rankekit.models.lora import add_lora
+    from rankekit.models.settings import settings_from_config
     from rankekit.registry import LOSSES, MODELS, POLICIES, REWARDS, TOKENIZERS
     import rankekit  # noqa: F401  (registers the components)
     if setting not in SETTINGS:
@@ -315,11 +316,11 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
     if model_cfg.get('type') != 'RankEModel':
         raise ValueError(f"plan_memory plans RankEModel configs; model.type is "
                          f"{model_cfg.get('type')!r}")
-    rollout = {**dict(group_size=8, cfg_scale=1.0), **dict(model_cfg.get('rollout') or {})}
-    policy_cfg = dict(model_cfg.get('policy_cfg') or {})
-    decoder_cfg = dict(model_cfg.get('decoder_cfg') or {})
+    settings = settings_from_config(model_cfg)
+    rollout, policy_cfg = settings['rollout'], settings['policy_cfg']
+    decoder_cfg = settings['decoder_cfg']
     prompts = int(cfg['train_dataloader']['batch_size'])
-    rows = prompts * int(rollout['group_size'])
+    rows = prompts * int(rollout.group_size)
     act_bytes = 2 if precision == 'bf16' else 4
     shard = 1 / world_size
     plan = MemoryPlan(config_name, setting + (f' x{world_size}' if sharded else ''),
@@ -335,7 +336,7 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
                          f"e.g. --cfg-options model.policy.arch=Janus-Pro-1B (presets: the "
                          f"policy class's ARCH_SETTINGS)") from None
     if lora:
-        add_lora(policy, {**DEFAULT_LORA, **dict(model_cfg.get('lora') or {})})
+        add_lora(policy, model_cfg.get('lora'))
     n_params = sum(p.numel() for p in policy.parameters())
     n_trained = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     plan.add('policy weights (fp32 master)', 4 * n_params * shard)
@@ -345,7 +346,7 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
         plan.add('policy reference copy', 0, note='the adapter switched off: no copy')
     else:
         plan.add('policy reference copy', 4 * n_params * shard)
-    if policy_cfg.get('ema_decay', 0.999) is not None:
+    if policy_cfg.ema_decay is not None:
         plan.add('policy EMA copy', 4 * (n_trained if lora else n_params) * shard,
                  note='adapter weights only' if lora else '')
     if sharded:
@@ -369,7 +370,7 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
     plan.add('policy activations (teacher-forced)', acts, ('policy',),
              'block inputs + one recomputed block' if checkpointing else 'saved for backward')
     plan.add('KV cache (rollout)',
-             kv_cache_bytes(policy, rows, seq_len, float(rollout['cfg_scale']) != 1.0,
+             kv_cache_bytes(policy, rows, seq_len, float(rollout.cfg_scale) != 1.0,
                             act_bytes), ('rollout',))
     vocab = int(policy.vocab_size)
     plan.add('sampler logits (rollout)', rows * 2 * vocab * 4 * 3, ('rollout',),
@@ -409,8 +410,8 @@ def plan_memory(cfg, setting: str = 'fp32', world_size: int = 8, prompt_tokens: 
 
     # -- the decoder phase: measured on meta
     top_k = int(dict(model_cfg.get('rank_weights') or {}).get('top_k', 1))
-    n_policy = prompts * min(top_k, int(rollout['group_size'])) \
-        if decoder_cfg.get('policy_decode', 'selected') == 'selected' else rows
+    n_policy = prompts * min(top_k, int(rollout.group_size)) \
+        if decoder_cfg.policy_decode == 'selected' else rows
     image_size = int(tokenizer.grid_size * tokenizer.downsample_factor)
     if precision == 'bf16':
         for module in (tokenizer, disc, perceptual):
@@ -465,7 +466,7 @@ def measure_train_step(cfg, setting: str = 'fp32', work_dir: str | None = None) 
         model.train()
         model.train_step(next(batches), optim)
         model.decoder_steps.fill_(max(int(model.decoder_steps),
-                                      int(model.decoder_cfg.get('disc_start', 0))))
+                                      int(model.decoder_cfg.disc_start)))
         batch = next(batches)
         state = list(model.parameters()) + list(model.buffers())
         for wrapper in optim.values():

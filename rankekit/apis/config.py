@@ -210,7 +210,7 @@ def _optimizers(optim_wrapper, where: str = 'optim_wrapper'):
 def check_train_cfg(train_cfg, training: bool = False) -> None:
     """Loop lengths are ints >= 1; 0 is let through unless ``training`` (a runner built only
     to load a checkpoint)."""
-    from rankekit.models.validation import check_int
+    from rankekit.utils.checks import check_int
     if not isinstance(train_cfg, dict):
         return
     for key in ('max_iters', 'max_epochs'):
@@ -264,7 +264,8 @@ def check_config(cfg: Config) -> None:
     of them in one message), ``train_cfg`` lengths, batch sizes and learning rates. Raises
     KeyError / TypeError / ValueError / FileNotFoundError with one message.
     """
-    from rankekit.models.validation import check_int, check_number, check_ranke_config
+    from rankekit.models.validation import check_ranke_config
+    from rankekit.utils.checks import check_int, check_number
     from rankekit.registry import DATASETS, HOOKS, LOOPS, MODELS, OPTIMIZERS
     from rankekit.utils.build import check_component_cfg
     model = cfg.get('model')

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import copy
-import difflib
 
-from mmengine.model import is_model_wrapper
 import torch
+from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from torch import nn
 
 from rankekit.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from rankekit.utils.build import did_you_mean
 from rankekit.utils.distributed import distribute_like, is_sharded
 
 
@@ -68,8 +68,7 @@ class MultiOptimWrapperConstructor:
         wrappers = {}
         for name, cfg in self.optim_wrapper_cfg.items():
             if name not in parts:
-                close = difflib.get_close_matches(name, parts, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ''
+                hint = did_you_mean(name, parts, n=1)
                 raise KeyError(
                     f"optim_wrapper has a config for '{name}', but {type(model).__name__} has no "
                     f'part of that name; its parts are {sorted(parts)}.{hint}')

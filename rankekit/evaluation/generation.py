@@ -80,7 +80,7 @@ def check_combos(model, combos: Sequence[tuple[str, str]]) -> None:
 
 def sampling_settings(model, overrides: dict | None = None) -> dict:
     """The model's rollout sampling settings with ``overrides`` (``None`` values ignored)."""
-    settings = {k: model.rollout_cfg[k] for k in SAMPLING_KEYS}
+    settings = model.rollout_cfg.sampling()
     for key, value in (overrides or {}).items():
         if key not in SAMPLING_KEYS:
             raise KeyError(f'unknown sampling setting {key!r}; use {SAMPLING_KEYS}')

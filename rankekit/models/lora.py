@@ -24,8 +24,6 @@ import torch
 from torch import Tensor, nn
 
 INSTALL_HINT = 'pip install "rankekit[lora]"'
-#: model.lora keys and defaults; target_modules None: the policy class's lora_target_modules
-DEFAULT_LORA = dict(r=16, alpha=32, target_modules=None)
 ADAPTER = 'default'  # peft's adapter name
 _LORA_KEY = ('.lora_A.', '.lora_B.')
 
@@ -43,18 +41,20 @@ def _tuner_layers(policy: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in policy.named_modules() if isinstance(m, LoraLayer)]
 
 
-def add_lora(policy: nn.Module, cfg: dict, where: str = 'model.lora') -> nn.Module:
+def add_lora(policy: nn.Module, cfg=None, where: str = 'model.lora') -> nn.Module:
     """Inject LoRA adapters into ``policy`` in place; every other parameter is frozen.
 
-    ``cfg``: r (rank), alpha (scale alpha / r), target_modules (module-name suffixes; default the
-    policy's ``lora_target_modules``: the linear layers of its transformer blocks).
+    ``cfg``: a :class:`~rankekit.models.settings.LoraCfg` or its dict (r, alpha,
+    target_modules; missing keys take the defaults, None takes them all).
     """
+    from rankekit.models.settings import LoraCfg
     peft = _require_peft()
-    targets = cfg['target_modules'] or getattr(policy, 'lora_target_modules', None)
+    cfg = LoraCfg.from_config(cfg, where.rsplit('.', 1)[0])
+    targets = cfg.target_modules or getattr(policy, 'lora_target_modules', None)
     if not targets:
         raise ValueError(f'{where}.target_modules is not set and {type(policy).__name__} names no '
                          f'default lora_target_modules; list the linear layers to adapt')
-    config = peft.LoraConfig(r=int(cfg['r']), lora_alpha=float(cfg['alpha']), lora_dropout=0.0,
+    config = peft.LoraConfig(r=int(cfg.r), lora_alpha=float(cfg.alpha), lora_dropout=0.0,
                              target_modules=list(targets), bias='none')
     try:
         peft.inject_adapter_in_model(config, policy, adapter_name=ADAPTER)
@@ -153,5 +153,5 @@ def merged_state_dict(policy: nn.Module) -> 'OrderedDict[str, Tensor]':
     return merged
 
 
-__all__ = ['DEFAULT_LORA', 'add_lora', 'adapter_parameters', 'adapters_disabled', 'AdapterEMA',
+__all__ = ['add_lora', 'adapter_parameters', 'adapters_disabled', 'AdapterEMA',
            'merged_state_dict', 'is_adapter_key']

@@ -29,47 +29,24 @@ from torch import Tensor, nn
 
 from rankekit.losses.gan import adaptive_gan_weight, hinge_d_loss
 from rankekit.models.ema import ema_update_, frozen_copy
-from rankekit.models.lora import (DEFAULT_LORA, AdapterEMA, add_lora, adapters_disabled,
+from rankekit.models.settings import (DECODE_WITH, DecoderCfg, LoraCfg, PolicyCfg, RolloutCfg,
+                                      SafetyCfg, settings_from_config)
+from rankekit.models.lora import (AdapterEMA, add_lora, adapters_disabled,
                                   is_adapter_key, merged_state_dict)
 from rankekit.policies.sampling import draw_uniforms
 from rankekit.registry import (ANCHORS, LOSSES, MODELS, POLICIES, RANK_LOSSES, RANK_WEIGHTS,
                                TEXT_ENCODERS, TOKENIZERS)
 from rankekit.rewards.combiner import RewardCombiner
 from rankekit.utils.build import build_module
+from rankekit.utils.checks import check_number
 from rankekit.utils.distributed import (all_ranks_true, average_gradients_, average_tensors_,
                                         local_part, rank_rows)
 from rankekit.utils.memory import PRECISIONS, autocast, recompute_in_backward
 
-_DECODE_WITH = ('online', 'ema', 'base')
-
-DEFAULT_ROLLOUT = dict(group_size=8, cfg_scale=1.0, cfg_first_n=None, temperature=1.0,
-                       top_k=0, top_p=1.0, decode_with='ema', seed=None)
-DEFAULT_POLICY = dict(inner_epochs=1, ema_decay=0.999, ema_interval=10,
-                      grad_checkpointing=False, logprobs='conditional')
-DEFAULT_DECODER = dict(
-    ema_decay=0.99,
-    l1_weight=1.0, perceptual_weight=1.0, recon_weight=1.0,
-    gan_weight=0.5, adaptive_gan_weight=True, disc_weight=0.5, disc_start=100,
-    rank_gan_weight=0.5, reward_weight=0.01,
-    disc_sees_policy=False, policy_decode='selected',
-    lasc_weight=0.0, lasc_top_k=20, grad_checkpointing=False)
-DEFAULT_SAFETY = dict(max_consecutive_skips=20)
 # frozen modules rebuilt from their config files: left out of checkpoints (a ViT-L/14 reward or a
 # flan-t5-xl encoder would otherwise add gigabytes to every checkpoint); the reference/EMA copies
 # and everything trained stay in
 NOT_CHECKPOINTED = ('text_encoder.', 'rewards.rewards.', 'perceptual.')
-
-
-def _merge(defaults: dict, given: dict | None, what: str) -> dict:
-    given = dict(given or {})
-    unknown = set(given) - set(defaults)
-    if unknown:
-        import difflib
-        hints = {k: difflib.get_close_matches(k, defaults, n=1) for k in unknown}
-        detail = ', '.join(f"'{k}'" + (f" (did you mean '{h[0]}'?)" if h else '')
-                           for k, h in sorted(hints.items()))
-        raise KeyError(f'model.{what} has unknown keys {detail}; allowed: {sorted(defaults)}')
-    return {**defaults, **given}
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -186,26 +163,21 @@ class RankEModel(BaseModel):
                              f'{precision!r}.{did_you_mean(str(precision), PRECISIONS)} (fp16 '
                              f'would need loss scaling, which RankE does not do: use bf16)')
         self.precision = precision
-        self.rollout_cfg = _merge(DEFAULT_ROLLOUT, rollout, 'rollout')
-        self.policy_cfg = _merge(DEFAULT_POLICY, policy_cfg, 'policy_cfg')
-        self.decoder_cfg = _merge(DEFAULT_DECODER, decoder_cfg, 'decoder_cfg')
-        self.safety = _merge(DEFAULT_SAFETY, safety, 'safety')
-        if self.rollout_cfg['decode_with'] not in _DECODE_WITH:
-            raise ValueError(f"model.rollout.decode_with must be one of {_DECODE_WITH}, got "
-                             f"'{self.rollout_cfg['decode_with']}'")
-        if self.decoder_cfg['policy_decode'] not in ('selected', 'all'):
-            raise ValueError("model.decoder_cfg.policy_decode must be 'selected' or 'all'")
-        if int(self.rollout_cfg['group_size']) < 1:
-            raise ValueError('model.rollout.group_size must be >= 1')
+        # typed, checked settings (models/settings.py); unknown keys and bad values raise here
+        settings = settings_from_config(dict(rollout=rollout, policy_cfg=policy_cfg,
+                                             decoder_cfg=decoder_cfg, safety=safety))
+        self.rollout_cfg: RolloutCfg = settings['rollout']
+        self.policy_cfg: PolicyCfg = settings['policy_cfg']
+        self.decoder_cfg: DecoderCfg = settings['decoder_cfg']
+        self.safety: SafetyCfg = settings['safety']
 
         # --- modules that train -----------------------------------------------------------
         self.tokenizer = build_module(TOKENIZERS, tokenizer, 'model.tokenizer')
         self.tokenizer.freeze_encoder()
         self.policy = build_module(POLICIES, policy, 'model.policy')
-        from rankekit.models.validation import check_lora
-        check_lora(lora)
-        self.lora_cfg = None if lora is None else _merge(DEFAULT_LORA, lora, 'lora')
+        self.lora_cfg = None if lora is None else LoraCfg.from_config(lora)
         if self.lora_cfg is not None:
+            self.lora_cfg.check()
             add_lora(self.policy, self.lora_cfg)
         self.discriminator = (build_module(MODELS, discriminator, 'model.discriminator')
                               if discriminator else None)
@@ -214,7 +186,6 @@ class RankEModel(BaseModel):
         self.text_encoder.requires_grad_(False).eval()
         # the rank loss (no weights, no random draws) first: its std_eps is the rewards' default
         self.rank_loss = build_module(RANK_LOSSES, rank_loss, 'model.rank_loss')
-        from rankekit.models.validation import check_number
         check_number(reward_std_eps, 'model.reward_std_eps', low=0.0, low_open=True,
                      allow_none=True)
         if reward_std_eps is None:  # the loss's flat-group threshold (GRPO's std_eps)
@@ -232,7 +203,7 @@ class RankEModel(BaseModel):
         self.decoder_anchor = (build_module(ANCHORS, decoder_anchor, 'model.decoder_anchor')
                                if decoder_anchor else None)
         # --- reference and EMA copies (never trained by an optimizer) ------------------------
-        keep_ema = self.policy_cfg['ema_decay'] is not None
+        keep_ema = self.policy_cfg.ema_decay is not None
         if self.lora_cfg is None:
             self.policy_ref = frozen_copy(self.policy)
             self.policy_ema = frozen_copy(self.policy) if keep_ema else None
@@ -259,7 +230,7 @@ class RankEModel(BaseModel):
         # ignores nn.Module extra state): resumed runs draw the same rollouts
         # rollout seed None: the run's seed (the Runner seeds torch before building the model),
         # so --seed / randomness.seed changes the rollouts as well
-        seed = self.rollout_cfg['seed']
+        seed = self.rollout_cfg.seed
         self._rollout_generator = torch.Generator().manual_seed(
             torch.initial_seed() if seed is None else int(seed))
         self.register_buffer('rollout_rng_state', self._rollout_generator.get_state())
@@ -306,7 +277,7 @@ class RankEModel(BaseModel):
         quant = self.tokenizer.quantize.get_codebook_entry(
             codes.reshape(-1), (codes.shape[0], self.tokenizer.codebook_embed_dim, side, side),
             True)
-        recompute = which == 'online' and self.decoder_cfg['grad_checkpointing']
+        recompute = which == 'online' and self.decoder_cfg.grad_checkpointing
         with recompute_in_backward(getattr(parts['decoder'], 'blocks', ()), recompute):
             return parts['decoder'](parts['post_quant_conv'](quant))
 
@@ -325,8 +296,8 @@ class RankEModel(BaseModel):
         Full fine-tuning: the policy or one of its frozen copies. LoRA: always ``self.policy``,
         with the EMA adapter weights swapped in ('ema') or the adapters disabled ('base').
         """
-        if which not in _DECODE_WITH:
-            raise ValueError(f"policy must be one of {_DECODE_WITH}, got '{which}'")
+        if which not in DECODE_WITH:
+            raise ValueError(f"policy must be one of {DECODE_WITH}, got '{which}'")
         if which == 'ema' and self.policy_ema is None:
             raise ValueError('this model keeps no policy EMA (policy_cfg.ema_decay=None)')
         if self.lora_cfg is None:
@@ -359,9 +330,7 @@ class RankEModel(BaseModel):
         Returns dict(tokens (N, L), images (N, 3, H, W) in [0, 1]). ``sampling`` overrides
         the rollout settings (cfg_scale, temperature, top_k, top_p, cfg_first_n).
         """
-        settings = {k: self.rollout_cfg[k]
-                    for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
-        settings.update(sampling)
+        settings = {**self.rollout_cfg.sampling(), **sampling}
         cond, mask = self.encode_prompts(prompts)
         with self._autocast(), self.policy_as(policy) as sampler:
             out = sampler.sample(cond, mask, generator=generator, seeds=seeds, **settings)
@@ -391,7 +360,7 @@ class RankEModel(BaseModel):
         self.skipped_nonfinite += 1
         self.consecutive_skips += 1
         logs[f'skipped/{part}'] = torch.ones(())
-        limit = int(self.safety['max_consecutive_skips'])
+        limit = int(self.safety.max_consecutive_skips)
         if int(self.consecutive_skips) >= limit:
             raise NonFiniteError(
                 f'{int(self.consecutive_skips)} consecutive updates were skipped because '
@@ -432,10 +401,10 @@ class RankEModel(BaseModel):
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
         """G samples per prompt, decoded and scored; everything the phases need, no gradient."""
-        G = int(self.rollout_cfg['group_size'])
+        G = int(self.rollout_cfg.group_size)
         cond, mask = self.encode_prompts(prompts)
         cond, mask = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
-        want_topk = self.decoder_cfg['lasc_weight'] > 0 and self.phases['decoder']
+        want_topk = self.decoder_cfg.lasc_weight > 0 and self.phases['decoder']
         # the uniforms of the GLOBAL batch (rank 0's rows first) from the generator every rank
         # shares; this rank draws with its rows: tokens do not depend on how ranks split a batch
         self._rollout_generator.set_state(self.rollout_rng_state.cpu())
@@ -445,12 +414,12 @@ class RankEModel(BaseModel):
         group_prompts = [p for p in prompts for _ in range(G)]
         with self._autocast():
             out = self.policy.sample(
-                cond, mask, cfg_scale=self.rollout_cfg['cfg_scale'],
-                cfg_first_n=self.rollout_cfg['cfg_first_n'],
-                temperature=self.rollout_cfg['temperature'], top_k=self.rollout_cfg['top_k'],
-                top_p=self.rollout_cfg['top_p'], uniforms=uniforms[start:stop],
-                return_topk_logits=self.decoder_cfg['lasc_top_k'] if want_topk else 0)
-            images = self.decode(out.tokens, self.rollout_cfg['decode_with'])
+                cond, mask, cfg_scale=self.rollout_cfg.cfg_scale,
+                cfg_first_n=self.rollout_cfg.cfg_first_n,
+                temperature=self.rollout_cfg.temperature, top_k=self.rollout_cfg.top_k,
+                top_p=self.rollout_cfg.top_p, uniforms=uniforms[start:stop],
+                return_topk_logits=self.decoder_cfg.lasc_top_k if want_topk else 0)
+            images = self.decode(out.tokens, self.rollout_cfg.decode_with)
             rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
                                               group_size=G)
         self.rollout_rng_state.copy_(self._rollout_generator.get_state())
@@ -474,11 +443,10 @@ class RankEModel(BaseModel):
     def _log_probs(self, policy: nn.Module, ro: dict) -> Tensor:
         """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
         released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
-        if self.policy_cfg['logprobs'] == 'conditional':
+        if self.policy_cfg.logprobs == 'conditional':
             return policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
-        settings = {k: self.rollout_cfg[k]
-                    for k in ('cfg_scale', 'cfg_first_n', 'temperature', 'top_k', 'top_p')}
-        return policy.sampler_log_probs(ro['cond'], ro['mask'], ro['tokens'], **settings)
+        return policy.sampler_log_probs(ro['cond'], ro['mask'], ro['tokens'],
+                                        **self.rollout_cfg.sampling())
 
     def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
@@ -492,9 +460,9 @@ class RankEModel(BaseModel):
                 with self.policy_as('ema') as ema:
                     anchor_ref = self._log_probs(ema, ro)
         logp_old = None
-        for _ in range(int(self.policy_cfg['inner_epochs'])):
+        for _ in range(int(self.policy_cfg.inner_epochs)):
             with wrapper.optim_context(self), self._autocast(), recompute_in_backward(
-                    getattr(self.policy, 'blocks', ()), self.policy_cfg['grad_checkpointing']):
+                    getattr(self.policy, 'blocks', ()), self.policy_cfg.grad_checkpointing):
                 logp = self._log_probs(self.policy, ro)
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
                     logp_old = logp.detach()
@@ -522,9 +490,9 @@ class RankEModel(BaseModel):
         for key, value in out.items():
             if key != 'loss':
                 logs[f'policy/{key}'] = value
-        interval = int(self.policy_cfg['ema_interval'])
+        interval = int(self.policy_cfg.ema_interval)
         if self.policy_ema is not None and int(self.policy_steps) % interval == 0:
-            decay = float(self.policy_cfg['ema_decay'])
+            decay = float(self.policy_cfg.ema_decay)
             if self.lora_cfg is None:
                 ema_update_(self.policy_ema, self.policy, decay)
             else:
@@ -544,7 +512,7 @@ class RankEModel(BaseModel):
                 self._autocast():
             logits_real = self.discriminator(real)
             logits_fake = self.discriminator(fake.detach())
-            loss = self.decoder_cfg['disc_weight'] * hinge_d_loss(logits_real, logits_fake)
+            loss = self.decoder_cfg.disc_weight * hinge_d_loss(logits_real, logits_fake)
         if self._safe_update(wrapper, loss, 'discriminator', logs):
             logs['disc/loss'] = loss.detach()
             logs['disc/real'] = logits_real.detach().mean()
@@ -554,17 +522,17 @@ class RankEModel(BaseModel):
         """Discriminator step, then the decoder's reconstruction + rank-weighted terms."""
         cfg = self.decoder_cfg
         adversarial = (self.discriminator is not None
-                       and int(self.decoder_steps) >= int(cfg['disc_start']))
+                       and int(self.decoder_steps) >= int(cfg.disc_start))
         weights = self.rank_weights(ro['rewards'], ro['group_size'])
-        if cfg['policy_decode'] == 'selected':
+        if cfg.policy_decode == 'selected':
             chosen = (weights > 0).nonzero(as_tuple=True)[0]
         else:
             chosen = torch.arange(len(weights), device=weights.device)
         w = weights[chosen]
         needs_policy_decode = (
-            (adversarial and cfg['rank_gan_weight'] > 0) or cfg['lasc_weight'] > 0
-            or (cfg['reward_weight'] > 0 and self.rewards.any_differentiable)
-            or self.decoder_anchor is not None or (adversarial and cfg['disc_sees_policy']))
+            (adversarial and cfg.rank_gan_weight > 0) or cfg.lasc_weight > 0
+            or (cfg.reward_weight > 0 and self.rewards.any_differentiable)
+            or self.decoder_anchor is not None or (adversarial and cfg.disc_sees_policy))
         gt_codes = self.tokenizer.images_to_codes(real)
         wrapper = optim_wrapper['decoder']
         # decoded once: the discriminator step (which leaves the decoder unchanged) sees it
@@ -574,7 +542,7 @@ class RankEModel(BaseModel):
 
         if adversarial:
             fakes = [recon.detach()]
-            if cfg['disc_sees_policy']:
+            if cfg.disc_sees_policy:
                 with torch.no_grad(), self._autocast():
                     fakes.append(self.decode(ro['tokens'][chosen], 'online'))
             self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
@@ -582,18 +550,18 @@ class RankEModel(BaseModel):
         with wrapper.optim_context(self), self._autocast(), \
                 self._requires_grad(self.discriminator, False):
             l1 = (recon - real).abs().mean()
-            nll = cfg['l1_weight'] * l1
+            nll = cfg.l1_weight * l1
             logs['decoder/l1'] = l1.detach()
-            if self.perceptual is not None and cfg['perceptual_weight'] > 0:
+            if self.perceptual is not None and cfg.perceptual_weight > 0:
                 perceptual = self.perceptual(recon, real).mean()
-                nll = nll + cfg['perceptual_weight'] * perceptual
+                nll = nll + cfg.perceptual_weight * perceptual
                 logs['decoder/perceptual'] = perceptual.detach()
-            loss = cfg['recon_weight'] * nll
-            if adversarial and cfg['gan_weight'] > 0:
+            loss = cfg.recon_weight * nll
+            if adversarial and cfg.gan_weight > 0:
                 g_loss = -self.discriminator(recon).mean()
-                adaptive = (self._adaptive_gan_weight(nll, g_loss) if cfg['adaptive_gan_weight']
+                adaptive = (self._adaptive_gan_weight(nll, g_loss) if cfg.adaptive_gan_weight
                             else torch.ones((), device=recon.device))
-                loss = loss + cfg['recon_weight'] * cfg['gan_weight'] * adaptive * g_loss
+                loss = loss + cfg.recon_weight * cfg.gan_weight * adaptive * g_loss
                 logs['decoder/gan'] = g_loss.detach()
                 logs['decoder/adaptive_weight'] = adaptive
             if needs_policy_decode and len(chosen):
@@ -605,7 +573,7 @@ class RankEModel(BaseModel):
         if self._safe_update(wrapper, loss, 'decoder', logs,
                              on_grads=observe and (lambda: observe(parts))):
             self.decoder_steps += 1
-            ema_update_(self.decoder_ema, parts, float(cfg['ema_decay']))
+            ema_update_(self.decoder_ema, parts, float(cfg.ema_decay))
 
     def _policy_token_terms(self, ro, chosen, w, adversarial, logs) -> Tensor:
         """The decoder terms on policy tokens: rank-GAN, reward backprop, anchor, LASC."""
@@ -613,12 +581,12 @@ class RankEModel(BaseModel):
         tokens = ro['tokens'][chosen]
         images = self.decode(tokens, 'online')
         total = images.new_zeros(())
-        if adversarial and cfg['rank_gan_weight'] > 0:
+        if adversarial and cfg.rank_gan_weight > 0:
             logits = self.discriminator(images).flatten(1).mean(1)
             rank_gan = -(w * logits).mean()
-            total = total + cfg['rank_gan_weight'] * cfg['gan_weight'] * rank_gan
+            total = total + cfg.rank_gan_weight * cfg.gan_weight * rank_gan
             logs['decoder/rank_gan'] = rank_gan.detach()
-        if cfg['reward_weight'] > 0:
+        if cfg.reward_weight > 0:
             prompts = [ro['prompts'][i] for i in chosen.tolist()]
             stats = self.rewards.group_statistics(ro['raw_rewards'], ro['group_size'], chosen)
             # at least one reward is differentiable (checked at build time); others are warned
@@ -626,7 +594,7 @@ class RankEModel(BaseModel):
             score = self.rewards.differentiable_score(to_unit_range(images), prompts, stats)
             self.rewards.warn_non_differentiable()
             reward_term = -(w * score).mean()
-            total = total + cfg['reward_weight'] * reward_term
+            total = total + cfg.reward_weight * reward_term
             logs['decoder/reward'] = (-reward_term).detach()
         if self.decoder_anchor is not None:
             anchor = self.decoder_anchor
@@ -636,7 +604,7 @@ class RankEModel(BaseModel):
                                  else self.decoder_ema, kind='decoder')
             else:
                 with torch.no_grad():
-                    if anchor.reference == 'ema' and self.rollout_cfg['decode_with'] == 'ema':
+                    if anchor.reference == 'ema' and self.rollout_cfg.decode_with == 'ema':
                         reference = ro['images'][chosen]  # already decoded by the EMA decoder
                     else:
                         which = 'ema' if anchor.reference == 'ema' else 'base'
@@ -644,9 +612,9 @@ class RankEModel(BaseModel):
                 penalty = anchor(images, reference, kind='decoder', perceptual=self.perceptual)
             total = total + anchor.weight * penalty
             logs['decoder/anchor'] = penalty.detach()
-        if cfg['lasc_weight'] > 0 and ro['topk_logits'] is not None:
+        if cfg.lasc_weight > 0 and ro['topk_logits'] is not None:
             lasc = self._lasc(ro, chosen, images)
-            total = total + cfg['lasc_weight'] * lasc
+            total = total + cfg.lasc_weight * lasc
             logs['decoder/lasc'] = lasc.detach()
         return total
 

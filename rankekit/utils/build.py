@@ -21,16 +21,22 @@ _SCALARS = {'int': int, 'float': float, 'bool': bool, 'str': str}
 _OPTIONAL = re.compile(r'^(?:typing\.)?Optional\[(.*)\]$')
 
 
-def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
-    """`` Did you mean 'x'?`` for the closest matches of ``name`` among ``choices``, else ''.
-
-    Only matches about as close as the best one are named (at most ``n``).
-    """
+def close_matches(name: str, choices: Iterable[str], n: int = 3,
+                  cutoff: float = 0.6) -> list[str]:
+    """The choices closest to ``name``: at most ``n``, only those about as close as the best."""
     def ratio(choice):
         return difflib.SequenceMatcher(None, str(name), choice).ratio()
-    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.6)
-    close = [c for c in close if ratio(c) >= ratio(close[0]) - 0.05] if close else []
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return [c for c in close if ratio(c) >= ratio(close[0]) - 0.05] if close else []
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.6,
+                 prefix: str = '') -> str:
+    """`` Did you mean 'x'?`` for the closest matches of ``name`` among ``choices``, else ''
+    (every did-you-mean of rankekit's messages comes from here). ``prefix`` is shown before
+    each match (e.g. ``toy://``)."""
+    close = close_matches(name, choices, n, cutoff)
+    return f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ''
 
 
 def registry_names(registry) -> list[str]:

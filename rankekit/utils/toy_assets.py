@@ -32,9 +32,8 @@ def toy_asset_path(name: str, must_exist: bool = True) -> Path:
     path = ASSET_DIR / name
     if must_exist and not path.is_file():
         if name not in TOY_ASSETS:  # a typo, not a missing file: rebuilding would not help
-            import difflib
-            close = difflib.get_close_matches(name, TOY_ASSETS, n=2)
-            hint = f" Did you mean {' or '.join(repr(PREFIX + c) for c in close)}?" if close else ''
+            from rankekit.utils.build import did_you_mean
+            hint = did_you_mean(name, TOY_ASSETS, n=2, prefix=PREFIX)
             raise MissingToyAssetError(
                 f"toy asset '{name}' is missing: it is not a toy asset name.{hint} The toy "
                 f'assets are {[PREFIX + a for a in TOY_ASSETS]} (`{REBUILD_COMMAND}` rebuilds '
