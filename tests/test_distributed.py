@@ -95,7 +95,7 @@ def run(model, optim, steps, rank=0, world=1, step_fn=None):
 
     def recording(prompts):
         ro = original(prompts)
-        tokens.append(ro['tokens'].clone())
+        tokens.append(ro.tokens.clone())
         return ro
 
     model.rollout = recording

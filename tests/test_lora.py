@@ -66,8 +66,8 @@ def test_adapter_off_equals_the_base_model_and_reference_log_probs_use_it():
     model.train_step(batch(), optim)
     plain = base_policy(model)
     ro = seen['ro']
-    torch.testing.assert_close(seen['logp_ref'], plain.log_probs(ro['cond'], ro['mask'],
-                                                                  ro['tokens']), rtol=0, atol=0)
+    torch.testing.assert_close(seen['logp_ref'], plain.log_probs(ro.cond, ro.mask, ro.tokens),
+                               rtol=0, atol=0)
     cond, mask, tokens, uniforms = rollout_inputs(model)
     trainable = {n for n, p in model.policy.named_parameters() if p.requires_grad}
     with torch.no_grad(), model.policy_as('base') as reference:

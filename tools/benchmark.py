@@ -107,8 +107,8 @@ def iteration_rows(group_sizes, prompts: int, repeats: int) -> list[dict]:
         real = batch['image'] * 2 - 1
         phases = dict(rollout=lambda: model.rollout(batch['caption']))
         ro = model.rollout(batch['caption'])
-        phases['policy'] = lambda: model.policy_step(ro, optim['policy'], {})
-        phases['decoder'] = lambda: model.decoder_step(ro, real, optim, {})
+        phases['policy'] = lambda: model.policy_step(ro, optim['policy'])
+        phases['decoder'] = lambda: model.decoder_step(ro, real, optim)
         row = dict(prompts=prompts, group_size=G)
         for name, fn in phases.items():
             row[f'{name}_s'] = median_seconds(fn, repeats)

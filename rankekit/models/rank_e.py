@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
+from rankekit.losses.decoder_terms import (lasc_loss, rank_weighted_gan_loss,
+                                           rank_weighted_reward_loss, soft_code_latents)
 from rankekit.losses.gan import adaptive_gan_weight, hinge_d_loss
 from rankekit.models.ema import ema_update_, frozen_copy
 from rankekit.models.settings import (DECODE_WITH, DecoderCfg, LoraCfg, PolicyCfg, RolloutCfg,
@@ -77,6 +79,22 @@ def _fill_frozen_keys(module, state_dict, prefix, *args):
             continue
         for name, value in owner.state_dict().items():
             state_dict.setdefault(prefix + sub + name, value)
+
+
+@dataclass
+class Rollout:
+    """One rollout batch: G samples per prompt, decoded and scored (no gradient); N = B * G."""
+
+    cond: Tensor                      # (N, T, ...) prompt encodings, each prompt G times
+    mask: Tensor                      # (N, T)
+    tokens: Tensor                    # (N, L) sampled codes
+    prompts: list                     # N prompts
+    images: Tensor                    # (N, 3, H, W) in [-1, 1], by the rollout decoder
+    rewards: Tensor                   # (N,) combined (normalised) rewards
+    raw_rewards: dict                 # reward name -> (N,) raw scores
+    group_size: int                   # G
+    topk_logits: Tensor | None = None   # (N, L, k) for LASC
+    topk_indices: Tensor | None = None
 
 
 class NonFiniteError(RuntimeError):
@@ -399,7 +417,7 @@ class RankEModel(BaseModel):
 
     # ----------------------------------------------------------------------------- rollout
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> dict:
+    def rollout(self, prompts: list[str]) -> Rollout:
         """G samples per prompt, decoded and scored; everything the phases need, no gradient."""
         G = int(self.rollout_cfg.group_size)
         cond, mask = self.encode_prompts(prompts)
@@ -423,33 +441,34 @@ class RankEModel(BaseModel):
             rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
                                               group_size=G)
         self.rollout_rng_state.copy_(self._rollout_generator.get_state())
-        return dict(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
-                    images=images, rewards=rewards, raw_rewards=raw, group_size=G,
-                    topk_logits=out.topk_logits, topk_indices=out.topk_indices)
+        return Rollout(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
+                       images=images, rewards=rewards, raw_rewards=raw, group_size=G,
+                       topk_logits=out.topk_logits, topk_indices=out.topk_indices)
 
-    def _reward_logs(self, ro: dict) -> dict:
+    def _reward_logs(self, ro: Rollout) -> dict:
         logs = {}
-        for name, values in ro['raw_rewards'].items():
+        for name, values in ro.raw_rewards.items():
             logs[f'reward/{name}/mean'] = values.mean()
             logs[f'reward/{name}/std'] = values.std(unbiased=False)
-        grouped = ro['rewards'].view(-1, ro['group_size'])
-        logs['reward/mean'] = ro['rewards'].mean()
-        logs['reward/std'] = ro['rewards'].std(unbiased=False)
+        grouped = ro.rewards.view(-1, ro.group_size)
+        logs['reward/mean'] = ro.rewards.mean()
+        logs['reward/std'] = ro.rewards.std(unbiased=False)
         eps = getattr(self.rank_loss, 'std_eps', 1e-4)
         logs['reward/frac_zero_std'] = (grouped.std(-1, unbiased=False) < eps).float().mean()
         return logs
 
     # ----------------------------------------------------------------------------- phases
-    def _log_probs(self, policy: nn.Module, ro: dict) -> Tensor:
+    def _log_probs(self, policy: nn.Module, ro: Rollout) -> Tensor:
         """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
         released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
         if self.policy_cfg.logprobs == 'conditional':
-            return policy.log_probs(ro['cond'], ro['mask'], ro['tokens'])
-        return policy.sampler_log_probs(ro['cond'], ro['mask'], ro['tokens'],
+            return policy.log_probs(ro.cond, ro.mask, ro.tokens)
+        return policy.sampler_log_probs(ro.cond, ro.mask, ro.tokens,
                                         **self.rollout_cfg.sampling())
 
-    def policy_step(self, ro: dict, wrapper, logs: dict) -> None:
-        """Rank loss + policy anchor on one rollout, ``inner_epochs`` times."""
+    def policy_step(self, ro: Rollout, wrapper) -> dict:
+        """Rank loss + policy anchor on one rollout, ``inner_epochs`` times; returns its logs."""
+        logs: dict = {}
         anchor = self.policy_anchor
         # the frozen initial policy: KL logging, anchors, 'ref' losses
         with torch.no_grad(), self._autocast():
@@ -466,7 +485,7 @@ class RankEModel(BaseModel):
                 logp = self._log_probs(self.policy, ro)
                 if logp_old is None:  # same weights, same mode: the behaviour log-probs
                     logp_old = logp.detach()
-                out = self.rank_loss(logp, logp_old, ro['rewards'], ro['group_size'],
+                out = self.rank_loss(logp, logp_old, ro.rewards, ro.group_size,
                                      logp_ref=logp_ref)
                 loss = out['loss']
                 if anchor is not None:
@@ -481,7 +500,7 @@ class RankEModel(BaseModel):
             observe = getattr(anchor, 'observe_gradients', None)
             if not self._safe_update(wrapper, loss, 'policy', logs,
                                      on_grads=observe and (lambda: observe(self.policy))):
-                return
+                return logs
         self.policy_steps += 1
         with torch.no_grad():
             diff = logp.detach() - logp_ref
@@ -497,6 +516,7 @@ class RankEModel(BaseModel):
                 ema_update_(self.policy_ema, self.policy, decay)
             else:
                 self.policy_ema.update_(self.policy, decay)
+        return logs
 
     def _adaptive_gan_weight(self, nll: Tensor, g_loss: Tensor) -> Tensor:
         """VQGAN's balance: ||grad_last(nll)|| / ||grad_last(g_loss)||, clamped to [0, 1e4].
@@ -507,7 +527,9 @@ class RankEModel(BaseModel):
         return adaptive_gan_weight(nll, g_loss, self.tokenizer.decoder.last_layer,
                                    average_tensors_)
 
-    def discriminator_step(self, real: Tensor, fake: Tensor, wrapper, logs: dict) -> None:
+    def discriminator_step(self, real: Tensor, fake: Tensor, wrapper) -> dict:
+        """Hinge loss on real images vs ``fake``; returns its logs."""
+        logs: dict = {}
         with self._requires_grad(self.discriminator, True), wrapper.optim_context(self), \
                 self._autocast():
             logits_real = self.discriminator(real)
@@ -517,13 +539,16 @@ class RankEModel(BaseModel):
             logs['disc/loss'] = loss.detach()
             logs['disc/real'] = logits_real.detach().mean()
             logs['disc/fake'] = logits_fake.detach().mean()
+        return logs
 
-    def decoder_step(self, ro: dict, real: Tensor, optim_wrapper, logs: dict) -> None:
-        """Discriminator step, then the decoder's reconstruction + rank-weighted terms."""
+    def decoder_step(self, ro: Rollout, real: Tensor, optim_wrapper) -> dict:
+        """Discriminator step, then the decoder's reconstruction + rank-weighted terms; returns
+        the logs of both."""
+        logs: dict = {}
         cfg = self.decoder_cfg
         adversarial = (self.discriminator is not None
                        and int(self.decoder_steps) >= int(cfg.disc_start))
-        weights = self.rank_weights(ro['rewards'], ro['group_size'])
+        weights = self.rank_weights(ro.rewards, ro.group_size)
         if cfg.policy_decode == 'selected':
             chosen = (weights > 0).nonzero(as_tuple=True)[0]
         else:
@@ -544,8 +569,9 @@ class RankEModel(BaseModel):
             fakes = [recon.detach()]
             if cfg.disc_sees_policy:
                 with torch.no_grad(), self._autocast():
-                    fakes.append(self.decode(ro['tokens'][chosen], 'online'))
-            self.discriminator_step(real, torch.cat(fakes), optim_wrapper['discriminator'], logs)
+                    fakes.append(self.decode(ro.tokens[chosen], 'online'))
+            logs.update(self.discriminator_step(real, torch.cat(fakes),
+                                                optim_wrapper['discriminator']))
 
         with wrapper.optim_context(self), self._autocast(), \
                 self._requires_grad(self.discriminator, False):
@@ -565,7 +591,9 @@ class RankEModel(BaseModel):
                 logs['decoder/gan'] = g_loss.detach()
                 logs['decoder/adaptive_weight'] = adaptive
             if needs_policy_decode and len(chosen):
-                loss = loss + self._policy_token_terms(ro, chosen, w, adversarial, logs)
+                terms, term_logs = self._policy_token_terms(ro, chosen, w, adversarial)
+                loss = loss + terms
+                logs.update(term_logs)
             logs['decoder/loss'] = loss.detach()
         # a Fisher-weighted L2 anchor estimates its Fisher from this module's own gradients
         observe = getattr(self.decoder_anchor, 'observe_gradients', None)
@@ -574,26 +602,29 @@ class RankEModel(BaseModel):
                              on_grads=observe and (lambda: observe(parts))):
             self.decoder_steps += 1
             ema_update_(self.decoder_ema, parts, float(cfg.ema_decay))
+        return logs
 
-    def _policy_token_terms(self, ro, chosen, w, adversarial, logs) -> Tensor:
-        """The decoder terms on policy tokens: rank-GAN, reward backprop, anchor, LASC."""
+    def _policy_token_terms(self, ro: Rollout, chosen: Tensor, w: Tensor,
+                            adversarial: bool) -> tuple[Tensor, dict]:
+        """The decoder terms on policy tokens (rank-GAN, reward backprop, anchor, LASC) and
+        their logs."""
+        logs: dict = {}
         cfg = self.decoder_cfg
-        tokens = ro['tokens'][chosen]
+        tokens = ro.tokens[chosen]
         images = self.decode(tokens, 'online')
         total = images.new_zeros(())
         if adversarial and cfg.rank_gan_weight > 0:
-            logits = self.discriminator(images).flatten(1).mean(1)
-            rank_gan = -(w * logits).mean()
+            rank_gan = rank_weighted_gan_loss(w, self.discriminator(images))
             total = total + cfg.rank_gan_weight * cfg.gan_weight * rank_gan
             logs['decoder/rank_gan'] = rank_gan.detach()
         if cfg.reward_weight > 0:
-            prompts = [ro['prompts'][i] for i in chosen.tolist()]
-            stats = self.rewards.group_statistics(ro['raw_rewards'], ro['group_size'], chosen)
+            prompts = [ro.prompts[i] for i in chosen.tolist()]
+            stats = self.rewards.group_statistics(ro.raw_rewards, ro.group_size, chosen)
             # at least one reward is differentiable (checked at build time); others are warned
             # about once: they rank the rollouts but give no gradient
             score = self.rewards.differentiable_score(to_unit_range(images), prompts, stats)
             self.rewards.warn_non_differentiable()
-            reward_term = -(w * score).mean()
+            reward_term = rank_weighted_reward_loss(w, score)
             total = total + cfg.reward_weight * reward_term
             logs['decoder/reward'] = (-reward_term).detach()
         if self.decoder_anchor is not None:
@@ -605,32 +636,25 @@ class RankEModel(BaseModel):
             else:
                 with torch.no_grad():
                     if anchor.reference == 'ema' and self.rollout_cfg.decode_with == 'ema':
-                        reference = ro['images'][chosen]  # already decoded by the EMA decoder
+                        reference = ro.images[chosen]  # already decoded by the EMA decoder
                     else:
                         which = 'ema' if anchor.reference == 'ema' else 'base'
                         reference = self.decode(tokens, which)
                 penalty = anchor(images, reference, kind='decoder', perceptual=self.perceptual)
             total = total + anchor.weight * penalty
             logs['decoder/anchor'] = penalty.detach()
-        if cfg.lasc_weight > 0 and ro['topk_logits'] is not None:
+        if cfg.lasc_weight > 0 and ro.topk_logits is not None:
             lasc = self._lasc(ro, chosen, images)
             total = total + cfg.lasc_weight * lasc
             logs['decoder/lasc'] = lasc.detach()
-        return total
+        return total, logs
 
-    def _lasc(self, ro, chosen, hard_images) -> Tensor:
-        """Latent-aware soft consistency: decode sum_k softmax(top-k logits)_k e_k (unit-norm
-        codebook rows, unlike the release) and match the hard decode (MSE, hard side detached)."""
-        logits = ro['topk_logits'][chosen]
-        indices = ro['topk_indices'][chosen]
-        probs = logits.float().softmax(-1)
-        codebook = F.normalize(self.tokenizer.quantize.embedding.weight, dim=-1)
-        soft = (probs.unsqueeze(-1) * codebook[indices]).sum(-2)  # (n, L, C)
-        side = math.isqrt(soft.shape[1])
-        soft = soft.transpose(1, 2).reshape(soft.shape[0], -1, side, side)
+    def _lasc(self, ro: Rollout, chosen: Tensor, hard_images: Tensor) -> Tensor:
+        """LASC: decode the soft latent of the top-k logits, match the hard decode."""
+        soft = soft_code_latents(ro.topk_logits[chosen], ro.topk_indices[chosen],
+                                 self.tokenizer.quantize.embedding.weight)
         parts = self.tokenizer.decoder_modules()
-        soft_images = parts['decoder'](parts['post_quant_conv'](soft))
-        return F.mse_loss(soft_images, hard_images.detach())
+        return lasc_loss(parts['decoder'](parts['post_quant_conv'](soft)), hard_images)
 
     # ----------------------------------------------------------------------------- mmengine API
     def train_step(self, data, optim_wrapper: OptimWrapperDict) -> dict:
@@ -643,17 +667,17 @@ class RankEModel(BaseModel):
             return logs
         ro = self.rollout(prompts)
         logs.update(self._reward_logs(ro))
-        if not self._all_ranks_true(bool(torch.isfinite(ro['rewards']).all())):
+        if not self._all_ranks_true(bool(torch.isfinite(ro.rewards).all())):
             self._register_skip('reward', self.rewards.nonfinite_summary() or 'a reward', logs)
             # non-finite statistics would poison the smoothed log: report the skip only
             return dict(phase=logs['phase'], skipped_nonfinite=self.skipped_nonfinite.float())
         skips_before = int(self.skipped_nonfinite)
         if run_policy:
-            self.policy_step(ro, optim_wrapper['policy'], logs)
+            logs.update(self.policy_step(ro, optim_wrapper['policy']))
         if run_decoder:
             # the decoder weights' dtype (under autocast the rollout images are bf16)
             real = data['image'].to(self._decoder_dtype) * 2.0 - 1.0
-            self.decoder_step(ro, real, optim_wrapper, logs)
+            logs.update(self.decoder_step(ro, real, optim_wrapper))
         if int(self.skipped_nonfinite) == skips_before:
             self.consecutive_skips.zero_()
         logs['skipped_nonfinite'] = self.skipped_nonfinite.float()
