@@ -9,7 +9,8 @@ import torch
 
 pytest.importorskip('transformers', reason='the Janus components need pip install rankekit[janus]')
 
-from rankekit.policies import JanusProPolicy, JanusPromptEncoder  # noqa: E402
+from rankekit.policies import JanusProPolicy  # noqa: E402
+from rankekit.text_encoders import JanusPromptEncoder  # noqa: E402
 from rankekit.policies.janus import special_token_ids_from_dir  # noqa: E402
 from rankekit.policies.sampling import cfg_combine  # noqa: E402
 from rankekit.registry import POLICIES, TEXT_ENCODERS, TOKENIZERS  # noqa: E402

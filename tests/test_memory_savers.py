@@ -43,7 +43,7 @@ def test_checkpointed_policy_pass_has_equal_gradients_and_saves_less(kind):
     torch.manual_seed(0)
     if kind == 'janus':
         pytest.importorskip('transformers')
-        from rankekit.policies import JanusPromptEncoder
+        from rankekit.text_encoders import JanusPromptEncoder
         policy = POLICIES.build(dict(type='JanusProPolicy', arch='tiny'))
         cond, mask = JanusPromptEncoder()(['a red circle', 'a blue square on the left'] * 3)
         tokens = torch.randint(0, policy.vocab_size, (6, policy.num_image_tokens))

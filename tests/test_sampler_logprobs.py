@@ -76,7 +76,7 @@ def test_a_token_drawn_at_the_top_k_boundary_keeps_a_finite_log_prob():
 
 def test_janus_sampler_option_equals_its_samplers_log_probs():
     pytest.importorskip('transformers')
-    from rankekit.policies import JanusPromptEncoder
+    from rankekit.text_encoders import JanusPromptEncoder
     torch.manual_seed(0)
     policy = POLICIES.build(dict(type='JanusProPolicy', arch='tiny')).eval()
     for p in policy.parameters():  # random weights at a scale that gives peaked logits

@@ -1,6 +1,5 @@
 """rankekit.text_encoders: prompt encoders registered in ``TEXT_ENCODERS``."""
-from rankekit.policies.janus import JanusPromptEncoder  # defined next to JanusProPolicy
-
+from .janus_prompt import JanusPromptEncoder
 from .t5 import T5TextEncoder
 from .toy_text_encoder import ToyTextEncoder
 
