@@ -15,8 +15,9 @@ from mmengine.hooks import Hook
 from rankekit.apis.train import build_runner, main, parse_args, setup_cfg
 from rankekit.engine.runner import NonFiniteCheckpointError, ResumeConfigError
 from rankekit.registry import HOOKS
-from rankekit.utils.checkpoint import (NoCompleteCheckpointError, checkpoint_problem,
-                                       find_resume_checkpoint, write_bytes_atomic)
+from rankekit.utils.run_files import (NoCompleteCheckpointError, checkpoint_problem,
+                                      find_resume_checkpoint,
+                                      write_bytes_atomic)
 from tiny_components import tiny_model_cfg, train_blocks
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')

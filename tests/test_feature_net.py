@@ -17,7 +17,7 @@ from rankekit.toy.feature_net import (ToyFeatureNet, attribute_probs_from_logits
                                       match_from_logits, slot_targets)
 from rankekit.toy.pretrain_feature_net import (FeatureNetPretrainModel, augment_images,
                                                evaluate_feature_net, save_feature_net)
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 
 SMALL = dict(width=8, feat_dim=16)
 VOCAB = dict(num_colours=6, num_shapes=4, num_sizes=2, num_positions=5)

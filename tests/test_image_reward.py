@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from rankekit.registry import REWARDS
 from rankekit.rewards import ImageReward
 from rankekit.rewards.image_reward import (SCORE_MEAN, SCORE_STD, TINY_VOCAB, WordPieceTokenizer)
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 
 pytestmark = pytest.mark.filterwarnings('ignore:ImageReward\\(.*RANDOM weights')
 VISION = dict(image_size=48, patch_size=16, width=48, layers=2, heads=2)

@@ -15,7 +15,7 @@ from rankekit.policies.janus import special_token_ids_from_dir  # noqa: E402
 from rankekit.policies.sampling import cfg_combine  # noqa: E402
 from rankekit.registry import POLICIES, TEXT_ENCODERS, TOKENIZERS  # noqa: E402
 from rankekit.tokenizers import JanusVQ, load_janus_gen_vision  # noqa: E402
-from rankekit.utils.checkpoint import WeightsFileError  # noqa: E402
+from rankekit.utils.weights import WeightsFileError  # noqa: E402
 
 CASES = ['a', 'b']
 CFG = 5.0

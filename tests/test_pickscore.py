@@ -9,7 +9,7 @@ import torch
 from rankekit.registry import REWARDS
 from rankekit.rewards import PickScore
 from rankekit.rewards.pickscore import hf_clip_to_open_clip
-from rankekit.utils.checkpoint import WeightsFileError, state_dict_report
+from rankekit.utils.weights import WeightsFileError, state_dict_report
 
 transformers = pytest.importorskip('transformers')
 

@@ -12,7 +12,7 @@ from rankekit.policies import LlamaGenGPT, SampleOutput
 from rankekit.policies.sampling import (cfg_combine, draw_uniforms, sample_from_logits,
                                         token_logprobs)
 from rankekit.registry import MODELS, POLICIES
-from rankekit.utils.checkpoint import WeightsFileError, load_model_weights
+from rankekit.utils.weights import WeightsFileError, load_model_weights
 
 VARIANTS = ['gpt_tiny', 'gpt_tiny_cls120']
 

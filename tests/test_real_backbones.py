@@ -14,9 +14,10 @@ from rankekit.rewards.aesthetic import AESTHETIC_SOURCE, Aesthetic, AestheticMLP
 from rankekit.rewards.clip_score import build_open_clip
 from rankekit.rewards.hpsv2 import HPSv2
 from rankekit.text_encoders.t5 import T5TextEncoder, build_word_tokenizer, clean_caption
-from rankekit.utils.checkpoint import (LLAMAGEN_GPT_IGNORE, WeightsFileError,
-                                       extract_state_dict, load_model_weights,
-                                       load_sharded_state_dict, load_weights_file)
+from rankekit.utils.weights import (LLAMAGEN_GPT_IGNORE, WeightsFileError, extract_state_dict,
+                                    load_model_weights,
+                                    load_sharded_state_dict,
+                                    load_weights_file)
 
 torch.set_num_threads(1)
 

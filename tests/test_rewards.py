@@ -14,7 +14,7 @@ from rankekit.registry import MODELS, REWARDS
 from rankekit.rewards import BaseReward, CallableReward, ClipScore
 from rankekit.rewards.clip_score import clip_preprocess, register_open_clip_config
 from rankekit.toy import pretrain_clip  # noqa: F401  registers ClipPretrainModel in MODELS
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 
 # a tiny open_clip architecture: 16x16 images, 2 layers each side
 TINY_NAME = 'rankekit-test-tiny-clip'

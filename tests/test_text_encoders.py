@@ -6,7 +6,7 @@ from rankekit.datasets.prompts import toy_eval_prompts
 from rankekit.datasets.toy_shapes import VOCAB, ToyShapes
 from rankekit.registry import TEXT_ENCODERS
 from rankekit.text_encoders import ToyTextEncoder
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from rankekit.registry import MODELS, TOKENIZERS
 from rankekit.tokenizers import VQModel, VectorQuantizer
 from rankekit.tokenizers.vq_model import entropy_loss
 from rankekit.toy.pretrain_tokenizer import evaluate_tokenizer, psnr, spherical_kmeans
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 
 TINY = dict(ch=32, num_res_blocks=1, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],
             z_channels=16, codebook_size=16, codebook_embed_dim=4, image_size=16)

@@ -27,7 +27,7 @@ from rankekit.apis.train import build_runner, parse_args, setup_cfg
 from rankekit.engine.monitors import CovariateShiftMonitorHook
 from rankekit.evaluation.lcs import real_floor
 from rankekit.registry import DATASETS, METRICS
-from rankekit.utils.checkpoint import WeightsFileError
+from rankekit.utils.weights import WeightsFileError
 from tiny_components import tiny_model_cfg
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')

@@ -8,7 +8,7 @@ from rankekit.apis.config import load_config
 from rankekit.registry import (FEATURE_EXTRACTORS, MODELS, POLICIES, REWARDS, TEXT_ENCODERS,
                                TOKENIZERS)
 from rankekit.utils.toy_assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
-from rankekit.utils.checkpoint import WeightsFileError, load_weights_file
+from rankekit.utils.weights import WeightsFileError, load_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = load_config(str(REPO / 'configs/_base_/models/toy_backbone.py'))

@@ -36,7 +36,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a work dir: its newest complete checkpoint (as ``--resume auto``
     chooses it: ``last_checkpoint`` if its target is complete, else the newest complete
     ``iter_N.pth``)."""
-    from rankekit.utils.checkpoint import find_resume_checkpoint
+    from rankekit.utils.run_files import find_resume_checkpoint
     path = Path(path).expanduser()
     if path.is_file():
         return path
@@ -56,13 +56,13 @@ def load_runner_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> d
     """Load a runner checkpoint's ``state_dict`` into ``model`` (strict).
 
     Returns ``dict(path, iter, epoch)`` of the checkpoint actually read. Runner checkpoints are
-    files this toolkit wrote (see :mod:`rankekit.utils.checkpoint`); the frozen modules they
+    files this toolkit wrote (see :mod:`rankekit.utils.weights`); the frozen modules they
     leave out (text encoder, rewards, perceptual net) keep the weights the config gave them.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from rankekit.utils.checkpoint import (WeightsFileError, extract_state_dict,
-                                           register_runner_checkpoint_loader, state_dict_report)
+    from rankekit.utils.weights import WeightsFileError, extract_state_dict, state_dict_report
+    from rankekit.utils.run_files import register_runner_checkpoint_loader
     register_runner_checkpoint_loader()
     path = resolve_checkpoint(path)
     checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')

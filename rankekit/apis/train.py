@@ -153,7 +153,7 @@ def build_runner(cfg):
     config, once the work dir is known to be writable."""
     from rankekit.engine.runner import check_work_dir
     from rankekit.registry import RUNNERS
-    from rankekit.utils.checkpoint import register_runner_checkpoint_loader
+    from rankekit.utils.run_files import register_runner_checkpoint_loader
     register_runner_checkpoint_loader()
     check_work_dir(cfg.work_dir)  # before anything heavy
     if cfg.get('launcher') == 'pytorch':  # no GPU: start gloo here (MMEngine would need CUDA)

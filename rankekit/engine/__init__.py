@@ -1,5 +1,5 @@
 """Engine: hooks that schedule training, optimizer constructors, runner set-up."""
-from rankekit.utils.checkpoint import register_runner_checkpoint_loader
+from rankekit.utils.run_files import register_runner_checkpoint_loader
 
 from .hooks import CoEvolutionHook
 from .monitors import CovariateShiftMonitorHook, ImageGridHook

@@ -30,9 +30,13 @@ from mmengine.runner import Runner
 from mmengine.utils import apply_to
 
 from rankekit.registry import HOOKS, RUNNERS
-from rankekit.utils.checkpoint import (PARTIAL_SUFFIX, POINTER_NAME, WeightsFileError,
-                                       checkpoint_problem, find_resume_checkpoint, fsync_path,
-                                       remove_partial_files, remove_quietly, write_bytes_atomic)
+from rankekit.utils.weights import WeightsFileError
+from rankekit.utils.run_files import (PARTIAL_SUFFIX, POINTER_NAME, checkpoint_problem,
+                                      find_resume_checkpoint,
+                                      fsync_path,
+                                      remove_partial_files,
+                                      remove_quietly,
+                                      write_bytes_atomic)
 from rankekit.utils.config_diff import config_diff
 from rankekit.utils.distributed import gather_full_, is_sharded
 

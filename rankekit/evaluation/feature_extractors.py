@@ -120,8 +120,8 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         if variant not in ('auto', 'torchvision', 'fid'):
             raise ValueError(f"variant must be 'auto', 'torchvision' or 'fid', got {variant!r}")
-        from rankekit.utils.checkpoint import (WeightsFileError, extract_state_dict,
-                                               load_model_weights, load_weights_file)
+        from rankekit.utils.weights import (WeightsFileError, extract_state_dict,
+                                            load_model_weights, load_weights_file)
         what = 'Inception-v3 weights (InceptionFeatures.weights_path)'
         if weights_path is None:
             if not random_init:

@@ -112,8 +112,7 @@ _LPIPS_BACKBONES = {
 
 def _load_lpips_backbone(trunk: nn.Module, path: str, arch: str, source: str) -> None:
     """Copy torchvision ``features.<i>.*`` weights into lpips's ``slice<k>.<i>.*`` modules."""
-    from rankekit.utils.checkpoint import (WeightsFileError, extract_state_dict,
-                                           load_weights_file)
+    from rankekit.utils.weights import WeightsFileError, extract_state_dict, load_weights_file
     what = f'LPIPS {arch} backbone weights (LPIPSLoss.backbone_weights)'
     state = extract_state_dict(load_weights_file(path, what=what, source=source))
     by_index = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
@@ -172,7 +171,7 @@ class LPIPSLoss(nn.Module):
             warnings.warn(f'LPIPSLoss(net={net!r}) uses a RANDOM {arch} backbone: this is not a '
                           f'real perceptual loss; set backbone_weights to {source}')
         elif not Path(backbone_weights).expanduser().is_file():
-            from rankekit.utils.checkpoint import WeightsFileError
+            from rankekit.utils.weights import WeightsFileError
             raise WeightsFileError(
                 f'LPIPS {arch} backbone weights not found: {backbone_weights}. It must be '
                 f'{source}; download it once and put it at {backbone_weights} (or point '
@@ -182,7 +181,7 @@ class LPIPSLoss(nn.Module):
         except ImportError as exc:
             raise ImportError('LPIPSLoss needs the lpips package: pip install "rankekit[lpips]" '
                               '(lpips==0.1.4)') from exc
-        from rankekit.utils.checkpoint import load_model_weights
+        from rankekit.utils.weights import load_model_weights
         # pretrained=False: the linear layers are loaded below through rankekit's safe loader
         with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=`
             warnings.filterwarnings('ignore', message=".*(pretrained|weight enum).*")

@@ -48,7 +48,7 @@ class PatchGANDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(self._init)
         if pretrained:
-            from rankekit.utils.checkpoint import load_model_weights
+            from rankekit.utils.weights import load_model_weights
             load_model_weights(self, pretrained, strict=True, what='discriminator weights',
                                source='tools/prepare_toy_assets.py (toy) or your own GAN run')
 

@@ -38,9 +38,11 @@ import torch
 from torch import nn
 
 from rankekit.registry import POLICIES
-from rankekit.utils.checkpoint import (WeightsFileError, _format_report, _missing_file_message,
-                                       extract_state_dict, load_sharded_state_dict,
-                                       load_weights_file, state_dict_report)
+from rankekit.utils.weights import (WeightsFileError, _format_report, _missing_file_message,
+                                    extract_state_dict,
+                                    load_sharded_state_dict,
+                                    load_weights_file,
+                                    state_dict_report)
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,
                        sample_from_logits, sampler_logprobs, sampling_grad_mode, token_logprobs)
@@ -128,7 +130,7 @@ def read_janus_weights(path: str | os.PathLike, include: str,
                        what: str = 'Janus-Pro checkpoint') -> 'OrderedDict[str, torch.Tensor]':
     """Tensors whose keys match the regex ``include``, from a Janus directory or weights file.
 
-    A directory is read with :func:`~rankekit.utils.checkpoint.load_sharded_state_dict`
+    A directory is read with :func:`~rankekit.utils.weights.load_sharded_state_dict`
     (``model.safetensors`` / ``pytorch_model.bin``, single or sharded with an index json; shards
     holding no wanted key are not read), a file with ``load_weights_file`` (weights only).
     """

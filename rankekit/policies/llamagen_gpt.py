@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankekit.registry import POLICIES
-from rankekit.utils.checkpoint import LLAMAGEN_GPT_IGNORE, load_model_weights
+from rankekit.utils.weights import LLAMAGEN_GPT_IGNORE, load_model_weights
 from rankekit.utils.memory import activation_dtype
 
 from .sampling import (SampleOutput, cfg_combine, check_sampling_args, draw_uniforms,

@@ -157,7 +157,7 @@ def _build_duck(cfg: dict, cls, where: str) -> BaseReward:
     """A duck-typed reward from its config; ``pretrained=`` is loaded into the object itself
     (before it is wrapped) when its class does not take that argument."""
     from rankekit.registry import REWARDS
-    from rankekit.utils.checkpoint import load_model_weights
+    from rankekit.utils.weights import load_model_weights
     cfg = dict(cfg)
     pretrained = None
     if 'pretrained' in cfg and isinstance(cls, type) and not _takes(cls, 'pretrained'):

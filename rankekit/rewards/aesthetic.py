@@ -19,7 +19,7 @@ from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
 from rankekit.rewards.clip_score import build_open_clip, preprocess_like
 from rankekit.rewards.toy_clip import TOY_CLIP_NAME
-from rankekit.utils.checkpoint import load_model_weights, require_weights
+from rankekit.utils.weights import load_model_weights, require_weights
 
 AESTHETIC_SOURCE = ('sac+logos+ava1-l14-linearMSE.pth from '
                     'https://github.com/christophschuhmann/improved-aesthetic-predictor '

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
 from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_NAME
-from rankekit.utils.checkpoint import load_model_weights, require_weights
+from rankekit.utils.weights import load_model_weights, require_weights
 
 # architectures this process registered with open_clip (name -> config)
 _REGISTERED: dict[str, dict] = {}
@@ -134,7 +134,7 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-    from rankekit.utils.checkpoint import load_weights_file
+    from rankekit.utils.weights import load_weights_file
 
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f'model_name must be an open_clip architecture name, got {model_name!r}')
@@ -302,7 +302,7 @@ class ClipScore(BaseReward):
 
     def load_finetuned(self, pretrained: str | None, **kwargs) -> None:
         """Load a checkpoint holding the whole CLIP (HPSv2, PickScore) strictly; ``kwargs`` go
-        to :func:`~rankekit.utils.checkpoint.load_model_weights` (``what``, ``source``, ...)."""
+        to :func:`~rankekit.utils.weights.load_model_weights` (``what``, ``source``, ...)."""
         self.pretrained = pretrained
         if pretrained is not None:
             load_model_weights(self.clip, pretrained, strict=True, **kwargs)

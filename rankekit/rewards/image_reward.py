@@ -40,7 +40,7 @@ from rankekit.rewards.aesthetic import AestheticMLP
 from rankekit.rewards.base import BaseReward
 from rankekit.rewards.clip_score import clip_preprocess
 from rankekit.rewards.hpsv2 import OPENAI_MEAN, OPENAI_STD
-from rankekit.utils.checkpoint import load_model_weights, require_weights
+from rankekit.utils.weights import load_model_weights, require_weights
 
 IMAGE_REWARD_SOURCE = ('ImageReward.pt from the Hugging Face model repo THUDM/ImageReward '
                        '(https://huggingface.co/THUDM/ImageReward), about 1.8 GB')

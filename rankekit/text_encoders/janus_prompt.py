@@ -16,7 +16,7 @@ from torch import nn
 from rankekit.policies.janus import (ASSISTANT_ROLE, IMAGE_START_TAG, JANUS_SOURCE, PAD_TAG,
                                      TINY_SPECIAL_TOKEN_IDS, USER_ROLE, _require_transformers)
 from rankekit.registry import TEXT_ENCODERS
-from rankekit.utils.checkpoint import _missing_file_message
+from rankekit.utils.weights import _missing_file_message
 
 @TEXT_ENCODERS.register_module()
 class JanusPromptEncoder(nn.Module):

@@ -67,7 +67,7 @@ class ToyTextEncoder(nn.Module):
         with torch.no_grad():
             self.token_embedding.weight[0].zero_()
         if pretrained is not None:
-            from rankekit.utils.checkpoint import load_model_weights
+            from rankekit.utils.weights import load_model_weights
             load_model_weights(self, pretrained, strict=True, what='toy text encoder weights')
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rankekit.registry import TOKENIZERS
-from rankekit.utils.checkpoint import WeightsFileError, _format_report, state_dict_report
+from rankekit.utils.weights import WeightsFileError, _format_report, state_dict_report
 
 from .vq_model import VQModel
 

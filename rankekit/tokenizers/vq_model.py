@@ -385,7 +385,7 @@ class VQModel(nn.Module):
 
     def load_pretrained(self, path: str) -> dict:
         """Load an official-format VQ checkpoint strictly (weights only); returns the key report."""
-        from rankekit.utils.checkpoint import load_model_weights
+        from rankekit.utils.weights import load_model_weights
         return load_model_weights(
             self, path, strict=True, what=f'VQ tokenizer checkpoint ({self.arch or "custom"})',
             source='LlamaGen releases vq_ds16_t2i.pt (huggingface.co/peizesun/llamagen_t2i)')

@@ -224,7 +224,7 @@ class ToyFeatureNet(nn.Module):
             head: nn.Linear(feat_dim, self.num_positions * k)
             for head, k in self.num_classes.items()})
         if pretrained is not None:
-            from rankekit.utils.checkpoint import load_model_weights
+            from rankekit.utils.weights import load_model_weights
             load_model_weights(self, pretrained, strict=True, what='ToyFeatureNet weights',
                                source='python tools/prepare_toy_assets.py (the shipped toy '
                                       'assets; configs/pretrain/feature_net_toy.py)')

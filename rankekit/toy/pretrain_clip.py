@@ -152,12 +152,12 @@ class ClipPretrainModel(BaseModel):
 def export_clip_weights(checkpoint: str, out: str) -> None:
     """Write the CLIP of a runner checkpoint of :class:`ClipPretrainModel` as a plain state_dict.
 
-    The runner's own checkpoint is trusted (see :mod:`rankekit.utils.checkpoint`); the output is
+    The runner's own checkpoint is trusted (see :mod:`rankekit.utils.weights`); the output is
     what ``ClipScore(..., pretrained=out)`` loads.
     """
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from rankekit.utils.checkpoint import register_runner_checkpoint_loader
+    from rankekit.utils.run_files import register_runner_checkpoint_loader
     register_runner_checkpoint_loader()
     state = _load_checkpoint(checkpoint, map_location='cpu')
     state = state.get('state_dict', state)

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from torch import nn
 
-from rankekit.utils.checkpoint import load_model_weights
+from rankekit.utils.weights import load_model_weights
 
 _SCALARS = {'int': int, 'float': float, 'bool': bool, 'str': str}
 _OPTIONAL = re.compile(r'^(?:typing\.)?Optional\[(.*)\]$')
