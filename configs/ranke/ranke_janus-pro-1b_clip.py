@@ -7,10 +7,10 @@ _base_ = ['../_base_/models/ranke_janus-pro-1b.py', '../_base_/datasets/image_ca
           '../_base_/ranke_runtime.py']
 
 # ---- assets (docs/prepare_assets.md): edit here or override keys with --cfg-options ---------
+# (the evaluation benchmarks' paths: configs/_base_/paper_evaluation.py)
 weights_root = 'data/weights'                 # every weight file / folder below
 janus_dir = f'{weights_root}/Janus-Pro-1B'    # config.json, weights, tokenizer files
 data_root = 'data/coco'                       # COCO train2014/, val2014/, annotations/
-eval_root = 'data/eval'                       # HPDv2 / GenEval prompts and the GenEval repo
 
 model = dict(
     tokenizer=dict(pretrained=janus_dir),     # reads the gen_vision_model.* keys only
@@ -33,12 +33,3 @@ train_pipeline = [
 train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
 
 default_hooks = dict(checkpoint=dict(interval=500))
-
-paper_eval = dict(
-    coco=dict(captions=f'{data_root}/annotations/captions_val2014.json',
-              real_folder=f'{data_root}/val2014',
-              clip=dict(pretrained=f'{weights_root}/open_clip_ViT-B-32_openai.bin')),
-    hpsv2=dict(prompts_dir=f'{eval_root}/hpdv2/benchmark',
-               reward=dict(pretrained=f'{weights_root}/HPS_v2.1_compressed.pt')),
-    geneval=dict(metadata=f'{eval_root}/geneval/prompts/evaluation_metadata.jsonl',
-                 repo=f'{eval_root}/geneval', detector=f'{weights_root}/geneval_detector'))

@@ -6,9 +6,9 @@ _base_ = ['../_base_/models/ranke_llamagen-xl.py', '../_base_/datasets/image_cap
           '../_base_/ranke_runtime.py']
 
 # ---- assets (docs/prepare_assets.md): edit here or override keys with --cfg-options ---------
+# (the evaluation benchmarks' paths: configs/_base_/paper_evaluation.py)
 weights_root = 'data/weights'  # every weight file / folder below
 data_root = 'data/coco'        # COCO: train2014/, val2014/, annotations/captions_*2014.json
-eval_root = 'data/eval'        # HPDv2 benchmark prompts, GenEval prompts and repo
 
 model = dict(
     tokenizer=dict(pretrained=f'{weights_root}/vq_ds16_t2i.pt'),
@@ -22,12 +22,3 @@ model = dict(
 train_dataloader = dict(dataset=dict(data_root=data_root))
 
 default_hooks = dict(checkpoint=dict(interval=500))
-
-paper_eval = dict(
-    coco=dict(captions=f'{data_root}/annotations/captions_val2014.json',
-              real_folder=f'{data_root}/val2014',
-              clip=dict(pretrained=f'{weights_root}/open_clip_ViT-B-32_openai.bin')),
-    hpsv2=dict(prompts_dir=f'{eval_root}/hpdv2/benchmark',
-               reward=dict(pretrained=f'{weights_root}/HPS_v2.1_compressed.pt')),
-    geneval=dict(metadata=f'{eval_root}/geneval/prompts/evaluation_metadata.jsonl',
-                 repo=f'{eval_root}/geneval', detector=f'{weights_root}/geneval_detector'))
