@@ -10,7 +10,7 @@ from rankekit.rewards.adapter import build_reward
 from rankekit.utils.build import did_you_mean
 from rankekit.utils.distributed import all_ranks_true, mean_var_over_ranks
 
-_NORMALISE = ('none', 'running', 'group')
+NORMALIZE_CHOICES = ('none', 'running', 'group')
 
 
 class RewardCombiner(nn.Module):
@@ -62,9 +62,9 @@ class RewardCombiner(nn.Module):
         if bad:
             raise TypeError(f'model.reward_weights must be numbers (one per reward), got '
                             f'{bad[0]!r} ({type(bad[0]).__name__})')
-        if normalize not in _NORMALISE:
+        if normalize not in NORMALIZE_CHOICES:
             raise ValueError(f"reward normalize='{normalize}' is unknown (model.reward_normalize); "
-                             f'use one of {_NORMALISE}.{did_you_mean(normalize, _NORMALISE)}')
+                             f'use one of {NORMALIZE_CHOICES}.{did_you_mean(normalize, NORMALIZE_CHOICES)}')
         self.rewards = nn.ModuleList(modules)
         for reward in self.rewards:
             reward.requires_grad_(False)
@@ -98,8 +98,8 @@ class RewardCombiner(nn.Module):
                              'a reward must return a tensor of shape (N,)')
         return scores.float()
 
-    def _normalise(self, raw: Tensor, group_size: int, update: bool) -> Tensor:
-        """raw: (K, N) -> normalised (K, N); statistics are treated as constants."""
+    def _normalize(self, raw: Tensor, group_size: int, update: bool) -> Tensor:
+        """raw: (K, N) -> normalized (K, N); statistics are treated as constants."""
         if self.normalize == 'none':
             return raw
         if self.normalize == 'group':
@@ -127,9 +127,9 @@ class RewardCombiner(nn.Module):
         z = (raw - mean) / std.clamp_min(self.group_std_eps)
         return torch.where(flat, torch.zeros_like(z), z)
 
-    def _combine(self, normalised: Tensor, which: list[int]) -> Tensor:
-        weights = normalised.new_tensor([self.weights[k] for k in which])
-        return (weights[:, None] * normalised).sum(0)
+    def _combine(self, normalized: Tensor, which: list[int]) -> Tensor:
+        weights = normalized.new_tensor([self.weights[k] for k in which])
+        return (weights[:, None] * normalized).sum(0)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str], group_size: int = 1,
@@ -145,8 +145,8 @@ class RewardCombiner(nn.Module):
         finite = not self.last_nonfinite
         if self.normalize == 'running' and update_stats:  # all ranks update together, or none
             finite = all_ranks_true(finite, raw.device)
-        normalised = self._normalise(raw, group_size, update=update_stats and finite)
-        combined = self._combine(normalised, list(range(len(self.rewards))))
+        normalized = self._normalize(raw, group_size, update=update_stats and finite)
+        combined = self._combine(normalized, list(range(len(self.rewards))))
         return combined, {name: raw[k] for k, name in enumerate(self.names)}
 
     def differentiable_score(self, images: Tensor, prompts: list[str],
@@ -166,17 +166,17 @@ class RewardCombiner(nn.Module):
         raw = torch.stack([self._run(self.rewards[k], images, prompts) for k in which])
         if self.normalize == 'running':
             std = self.running_var[which].sqrt().clamp_min(self.eps)
-            normalised = (raw - self.running_mean[which, None]) / std[:, None]
+            normalized = (raw - self.running_mean[which, None]) / std[:, None]
         elif self.normalize == 'group':
             if group_stats is None:
                 raise ValueError("reward_normalize='group' needs the rollout groups' statistics")
             names = self.names
             mean = torch.stack([group_stats[names[k]][0] for k in which]).to(raw)
             std = torch.stack([group_stats[names[k]][1] for k in which]).to(raw)
-            normalised = self._group_z(raw, mean, std)
+            normalized = self._group_z(raw, mean, std)
         else:
-            normalised = raw
-        return self._combine(normalised, which)
+            normalized = raw
+        return self._combine(normalized, which)
 
     @staticmethod
     def group_statistics(raw: dict[str, Tensor], group_size: int,
