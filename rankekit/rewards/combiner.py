@@ -64,7 +64,8 @@ class RewardCombiner(nn.Module):
                             f'{bad[0]!r} ({type(bad[0]).__name__})')
         if normalize not in NORMALIZE_CHOICES:
             raise ValueError(f"reward normalize='{normalize}' is unknown (model.reward_normalize); "
-                             f'use one of {NORMALIZE_CHOICES}.{did_you_mean(normalize, NORMALIZE_CHOICES)}')
+                             f'use one of {NORMALIZE_CHOICES}.'
+                             f'{did_you_mean(normalize, NORMALIZE_CHOICES)}')
         self.rewards = nn.ModuleList(modules)
         for reward in self.rewards:
             reward.requires_grad_(False)
