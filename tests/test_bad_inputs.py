@@ -14,11 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rankekit.analysis.ablation import main as ablation_main
 from rankekit.apis.inference import evaluate_main, sample_main
 from rankekit.apis.train import main as train_main
 from rankekit.registry import MODELS, TOKENIZERS
-from tiny_components import tiny_model_cfg
+from tiny_components import load_tool, tiny_model_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
@@ -28,6 +27,8 @@ OPTIM = '''optim_wrapper = dict(
     policy=dict(optimizer=dict(type='AdamW', lr=1e-3)),
     decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
     discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))'''
+
+ablation_main = load_tool('analysis/ablation_table').main
 
 
 def config_text(model=None, extra='', max_iters=1, batch_size=2, optim=OPTIM,

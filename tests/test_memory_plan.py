@@ -8,7 +8,7 @@ from rankekit.analysis.memory_plan import (LiveTensorBytes, kv_cache_bytes,
                                            plan_memory, policy_phase_bytes, measure_train_step)
 from rankekit.policies.janus import JanusProPolicy
 from rankekit.policies.llamagen_gpt import LlamaGenGPT
-from test_real_recipes import REPO, load_tool
+from tiny_components import REPO, load_tool
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 XL = REPO / 'configs/ranke/ranke_llamagen-xl_clip.py'

@@ -1,7 +1,6 @@
 """Real-backbone recipes: image-caption datasets, the paper's evaluation protocol helpers, the
 four real configs (built from dummy local files in the official formats, one iteration each at
 toy size through --cfg-options) and ``tools/device_check.py --cpu-smoke``."""
-import importlib.util
 import io
 import json
 import sys
@@ -18,6 +17,7 @@ from rankekit.apis.train import build_runner, parse_args, setup_cfg
 from rankekit.datasets.image_caption import (CorruptSampleError, CorruptSampleWarning,
                                              ImageCaptionFolder, WebDatasetTars, expand_shards)
 from rankekit.evaluation import protocols as P
+from tiny_components import load_tool
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +48,6 @@ def pipeline(size: int, load: bool = True) -> list:
                   interpolation='bicubic', backend='pillow'),
              dict(type='CenterCrop', crop_size=size), dict(type='PackImageCaption')]
     return ([dict(type='LoadImageFromFile', imdecode_backend='pillow')] if load else []) + steps
-
-
-def load_tool(name: str):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # =============================================================================================

@@ -15,8 +15,8 @@ import torch
 from mmengine.evaluator import BaseMetric
 from PIL import Image
 
-from rankekit.analysis.ablation import ablation_table, ensure_runs, main as ablation_main
-from rankekit.analysis.curves import curve_data, main as curves_main, pareto_front
+from rankekit.analysis.ablation import ablation_table, ensure_runs
+from rankekit.analysis.curves import curve_data, pareto_front
 from rankekit.analysis.runs import group_runs, load_run, wall_time_s
 from rankekit.evaluation.stats import format_mean_std, mean_std
 from rankekit.apis.config import load_config
@@ -28,9 +28,12 @@ from rankekit.engine.monitors import CovariateShiftMonitorHook
 from rankekit.evaluation.lcs import real_floor
 from rankekit.registry import DATASETS, METRICS
 from rankekit.utils.weights import WeightsFileError
-from tiny_components import tiny_model_cfg
+from tiny_components import load_tool, tiny_model_cfg
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
+
+ablation_main = load_tool('analysis/ablation_table').main
+curves_main = load_tool('analysis/plot_curves').main
 
 
 @METRICS.register_module(force=True)
@@ -547,7 +550,6 @@ def test_curves_and_pareto(fake_runs, tmp_path, capsys, monkeypatch):
 def test_archived_runs_give_the_same_table(fake_runs, tmp_path):
     """tools/analysis/archive_runs.py keeps what the table reads (config, summary, scalars,
     test metrics, the log's first and last time stamps) and nothing else."""
-    from test_real_recipes import load_tool
     root, work_dirs = fake_runs
     (work_dirs[0] / 'iter_20.pth').write_bytes(b'checkpoint')
     base = root / 'base_eval'

@@ -1,4 +1,8 @@
-"""Tiny random RankE components shared by the engine tests (no toy assets needed)."""
+"""Tiny random RankE components shared by the engine tests (no toy assets needed), and a
+loader for the tools/ scripts."""
+import importlib.util
+from pathlib import Path
+
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
 
@@ -69,3 +73,16 @@ optim_wrapper = dict(
     policy=dict(optimizer=dict(type='AdamW', lr=1e-3), clip_grad=dict(max_norm=1.0)),
     decoder=dict(optimizer=dict(type='AdamW', lr=1e-3)),
     discriminator=dict(optimizer=dict(type='AdamW', lr=1e-3)))'''
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """Import tools/<name>.py as a module (tools/ is not a package), e.g. 'plan_memory' or
+    'analysis/archive_runs'."""
+    spec = importlib.util.spec_from_file_location(name.replace('/', '.'),
+                                                  REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
