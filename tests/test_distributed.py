@@ -223,6 +223,17 @@ def test_ranks_end_bit_identical(ranks, scenario):
     assert not torch.equal(ranks[0][scenario]['tokens'][0], ranks[1][scenario]['tokens'][0])
 
 
+def assert_equal_to_one_process(got: dict, expected: dict) -> None:
+    """The same tensors; floating ones to 1e-9 (float64: only the order of sums differs)."""
+    assert got.keys() == expected.keys()
+    for key in got:
+        if got[key].is_floating_point():
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-7, atol=1e-9,
+                                       msg=lambda m, key=key: f'{key}: {m}')
+        else:
+            assert torch.equal(got[key], expected[key]), key
+
+
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_global_batch(ranks):
     """2 ranks x 2 prompts == 1 process x 4 prompts, in float64, to 1e-9 (abs): AdamW with a clipped
@@ -246,13 +257,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(ranks):
         assert torch.equal(torch.cat([r['exact']['tokens'][step] for r in ranks]),
                            single['tokens'][step])
     got, expected = ranks[0]['exact']['states'][-1], single['states'][-1]
-    assert got.keys() == expected.keys()
-    for key in got:
-        if got[key].is_floating_point():
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-7, atol=1e-9,
-                                       msg=lambda m, key=key: f'{key}: {m}')
-        else:
-            assert torch.equal(got[key], expected[key]), key
+    assert_equal_to_one_process(got, expected)
     assert int(got['b/policy_steps']) == int(got['b/decoder_steps']) == STEPS
     # the weights moved well beyond the tolerance: the comparison is not between initial weights
     for key in ('p/policy.output.weight', 'p/tokenizer.decoder.conv_out.weight',
@@ -279,13 +284,7 @@ def test_sharded_rank_e_equals_one_process(ranks):
     got, other, expected = (ranks[0]['sharded']['states'][-1],
                             ranks[1]['sharded']['states'][-1], single['states'][-1])
     assert not _differing(got, other)
-    assert got.keys() == expected.keys()
-    for key in got:
-        if got[key].is_floating_point():
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-7, atol=1e-9,
-                                       msg=lambda m, key=key: f'{key}: {m}')
-        else:
-            assert torch.equal(got[key], expected[key]), key
+    assert_equal_to_one_process(got, expected)
     reloaded = ranks[0]['sharded']['reloaded']
     assert not _differing({k: got[k] for k in reloaded}, reloaded)
     assert {k for k in got if k.startswith(('p/', 'o/'))} <= reloaded.keys()
