@@ -5,11 +5,18 @@
 # and 400: seed 0). Finished runs (a test_iter_600/metrics.json) are skipped and interrupted
 # ones resume from their newest complete checkpoint, so the script can be re-run after a stop.
 #
-#   bash tools/analysis/run_study.sh [ROOT=work_dirs/study2] [WORKERS=2]
+#   bash tools/analysis/run_study.sh [ROOT=work_dirs/study2] [WORKERS=2] [ARCHIVE]
+#
+# ARCHIVE (e.g. the main checkout's docs/study2_runs, written by archive_runs.py): runs finished
+# there are skipped too, and so are the runs listed in ARCHIVE/FINISHED ("name seed" lines:
+# reported before the archive existed), so a new machine continues where the last one stopped.
+# Run the script from the frozen worktree of the protocol's commit (copy this file there if it
+# is newer), so that the training code is the registered one.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${1:-work_dirs/study2}
 WORKERS=${2:-2}
+ARCHIVE=${3:-}
 ITERS=600
 mkdir -p "$ROOT"
 
@@ -37,6 +44,9 @@ done
 run_job() {
   local name=$1 config=$2 seed=$3 dir="$ROOT/$1/seed$3" extra=()
   [ -f "$dir/test_iter_$ITERS/metrics.json" ] && return 0
+  [ -n "$ARCHIVE" ] && [ -f "$ARCHIVE/$1/seed$3/test_iter_$ITERS/metrics.json" ] && return 0
+  # runs reported in model_zoo.md before the archive existed (their work dirs are gone)
+  [ -n "$ARCHIVE" ] && grep -qx "$1 $3" "$ARCHIVE/FINISHED" 2>/dev/null && return 0
   if [[ $name == posthoc_decoder* ]]; then  # the same seed's finished standard-RL run
     local source="$ROOT/grpo_toy${name#posthoc_decoder}/seed$seed/iter_$ITERS.pth"
     until [ -f "$source" ] && [ -f "$(dirname "$source")/test_iter_$ITERS/metrics.json" ]; do
@@ -74,7 +84,7 @@ worker() {
   done
 }
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-[ -d "$ROOT/base" ] || python tools/test.py configs/ranke/ranke_toy.py --base --seeds 0 1 2 \
+[ -d "$ROOT/base" ] || { [ -n "$ARCHIVE" ] && [ -f "$ARCHIVE/base/metrics.json" ]; } || python tools/test.py configs/ranke/ranke_toy.py --base --seeds 0 1 2 \
   --out-dir "$ROOT/base" --no-progress > "$ROOT/base.test.log" 2>&1
 for w in $(seq "$WORKERS"); do worker & done
 wait
