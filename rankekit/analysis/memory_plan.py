@@ -451,6 +451,7 @@ def measure_train_step(cfg, setting: str = 'fp32', work_dir: str | None = None) 
     ``disc_start`` so that the measured step has its GAN terms, as the plan does.
     """
     import tempfile
+    import uuid
     from rankekit.apis.train import build_runner
     cfg = copy.deepcopy(cfg)
     apply_setting(cfg, setting)
@@ -458,7 +459,7 @@ def measure_train_step(cfg, setting: str = 'fp32', work_dir: str | None = None) 
         cfg.work_dir = work_dir or tmp
         cfg.log_level = 'WARNING'
         if cfg.get('visualizer'):  # mmengine keeps visualizers by name: one per measurement
-            cfg.visualizer.name = f'memory_plan_{next(tempfile._get_candidate_names())}'
+            cfg.visualizer.name = f'memory_plan_{uuid.uuid4().hex[:8]}'
         runner = build_runner(cfg)
         model = runner.model
         optim = runner.build_optim_wrapper(cfg.optim_wrapper)

@@ -222,6 +222,14 @@ class SafeRunner(Runner):
                         save_optimizer: bool = True, save_param_scheduler: bool = True,
                         meta=None, by_epoch: bool = True, backend_args=None):
         """MMEngine's ``save_checkpoint``, written atomically, and only with finite weights."""
+        try:
+            return self._save_checkpoint(out_dir, filename, file_client_args, save_optimizer,
+                                         save_param_scheduler, meta, by_epoch, backend_args)
+        finally:  # gathered full tensors of a sharded run: not kept between saves
+            self._gathered = None
+
+    def _save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
+                         save_param_scheduler, meta, by_epoch, backend_args):
         model = self.model.module if is_model_wrapper(self.model) else self.model
         final = osp.join(out_dir, filename)
         state = model.state_dict()
