@@ -455,3 +455,25 @@ def test_code_locality_counts_codes_a_second_object_changes():
     # a second object covers a few of the 64 patches (radius 2.6-4.2 px: 4-9 patches)
     assert 2 / 64 < local < 12 / 64
     assert code_locality(_PatchCodes(global_codes=True), num_scenes=50) == 1.0
+
+
+def test_patch_vq_codes_are_local_and_share_the_decoder_layout():
+    """PatchVQModel: a code depends on its own patch only; everything but the encoder keeps
+    VQModel's key names (a VQModel's decoder loads into it)."""
+    from rankekit.tokenizers import PatchVQModel
+    torch.manual_seed(0)
+    patch_vq = PatchVQModel(**TINY, encoder_width=16, encoder_depth=1).eval()
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    changed = images.clone()
+    changed[:, :, 4:6, 6:8] = -images[:, :, 4:6, 6:8]  # inside patch (row 2, col 3) of the 4x4 grid
+    with torch.no_grad():
+        diff = patch_vq.encode_latent(images) - patch_vq.encode_latent(changed)
+    moved = diff.abs().amax(1)[0] > 0
+    assert moved[2, 3] and moved.sum() == 1
+    vq = VQModel(**TINY)
+    decoder_keys = {k for k in vq.state_dict() if not k.startswith('encoder.')}
+    assert decoder_keys <= set(patch_vq.state_dict())
+    patch_vq.load_state_dict({**patch_vq.state_dict(),
+                              **{k: vq.state_dict()[k] for k in decoder_keys}})
+    with pytest.raises(ValueError, match='encoder_width'):
+        PatchVQModel(**TINY, encoder_width=0)

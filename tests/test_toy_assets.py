@@ -63,3 +63,21 @@ def test_missing_asset_names_the_rebuild_command(tmp_path):
     truncated.write_bytes(toy_asset_path('vq.pt').read_bytes()[:1000])
     with pytest.raises(WeightsFileError, match='truncated or corrupt'):
         load_weights_file(truncated)
+
+
+def test_every_asset_has_one_stage_and_the_policy_stage_keeps_the_text_encoder_frozen():
+    """Each shipped file is written by exactly one stage of tools/prepare_toy_assets.py; the
+    policy stage loads the pretrained text encoder and freezes it (so text_encoder.pt is the
+    encoder the policy was trained with, as LlamaGen's T5)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('prepare_toy_assets',
+                                                  REPO / 'tools/prepare_toy_assets.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    written = [file for _, exports in tool.STAGES.values() for file in exports]
+    assert sorted(written) == sorted(ASSETS)
+    stages = list(tool.STAGES)
+    assert stages.index('text_encoder') < stages.index('policy')
+    policy_cfg = load_config(str(REPO / tool.STAGES['policy'][0]))
+    assert policy_cfg.model.freeze_text_encoder is True
+    assert policy_cfg.model.text_encoder.pretrained == 'toy://text_encoder.pt'

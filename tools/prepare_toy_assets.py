@@ -7,9 +7,10 @@
 
 Each stage is an ordinary pretraining config under configs/pretrain/, run by the same Runner as
 tools/train.py; the trained sub-network is then written as a plain state_dict. The policy stage
-needs the tokenizer asset, so stages run in the order below. ``--convergence-check`` trains the
-shipped decoder 300 more iterations with RankE's decoder-phase reconstruction objective
-(configs/study/decoder_convergence.py) and reports how much rFID and the base policy's FID move.
+needs the tokenizer and text encoder assets, so stages run in the order below.
+``--convergence-check`` trains the shipped decoder 300 more iterations with RankE's decoder-phase
+reconstruction objective (configs/study/decoder_convergence.py) and reports how much rFID and the
+base policy's FID move.
 The same machine and thread count give the same files bit for bit (torch's CPU kernels are
 deterministic for a fixed thread count).
 """
@@ -38,9 +39,10 @@ STAGES = {
     'tokenizer_gan': ('configs/pretrain/tokenizer_gan_toy.py',
                       {'vq.pt': ('tokenizer.', torch.float32),
                        'vq_disc.pt': ('discriminator.', torch.float32)}),
-    'policy': ('configs/pretrain/policy_toy.py',
-               {'policy.pt': ('policy.', torch.float32),
-                'text_encoder.pt': ('text_encoder.', torch.float32)}),
+    # the text encoder is pretrained on captions first and stays frozen in the policy stage
+    'text_encoder': ('configs/pretrain/text_encoder_toy.py',
+                     {'text_encoder.pt': ('text_encoder.', torch.float32)}),
+    'policy': ('configs/pretrain/policy_toy.py', {'policy.pt': ('policy.', torch.float32)}),
 }
 
 

@@ -23,7 +23,8 @@ class ToyTextEncoder(nn.Module):
     first one, so a caption's embeddings do not depend on how much padding it got. An empty
     caption gives an all-zero row and mask.
 
-    It is trained jointly with the toy policy and frozen during RL.
+    It is pretrained on captions alone (``TextEncoderPretrainModel``: its mean-pooled output must
+    tell the scene) and then frozen, in the policy's pretraining and in RL, as LlamaGen's T5.
 
     Args:
         embed_dim: output dimension (= the policy's ``caption_dim``).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pre-registered toy study (model_zoo.md, "The toy study, second run"): every run in the
+# A pre-registered toy study (model_zoo.md: the second and third runs): every run in the
 # registered order, N at a time (default 2, one thread each), each trained, then evaluated by
 # tools/test.py (final checkpoint: online:ema + online:base, sampling seeds 0 1; iterations 200
 # and 400: seed 0). Finished runs (a test_iter_600/metrics.json) are skipped and interrupted
