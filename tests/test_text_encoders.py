@@ -164,3 +164,7 @@ def test_text_pretrain_learns_scenes_and_pools_without_padding():
         model(captions, mode='loss')
     with pytest.raises(ValueError, match='mode must be'):
         model(captions, attributes, mode='train')
+    with pytest.raises(ValueError, match='has 7 rows but there are 8'):
+        model(captions, attributes[:7], mode='loss')
+    with pytest.raises(TypeError, match='one string'):
+        model(captions[0], attributes[:1], mode='loss')

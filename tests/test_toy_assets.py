@@ -69,11 +69,8 @@ def test_every_asset_has_one_stage_and_the_policy_stage_keeps_the_text_encoder_f
     """Each shipped file is written by exactly one stage of tools/prepare_toy_assets.py; the
     policy stage loads the pretrained text encoder and freezes it (so text_encoder.pt is the
     encoder the policy was trained with, as LlamaGen's T5)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('prepare_toy_assets',
-                                                  REPO / 'tools/prepare_toy_assets.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tiny_components import load_tool
+    tool = load_tool('prepare_toy_assets')
     written = [file for _, exports in tool.STAGES.values() for file in exports]
     assert sorted(written) == sorted(ASSETS)
     stages = list(tool.STAGES)

@@ -34,6 +34,13 @@ def toy_vocabulary_sizes() -> dict:
                 num_sizes=len(toy_shapes.SIZES), num_positions=len(toy_shapes.POSITIONS))
 
 
+def slot_head_sizes(sizes: dict) -> dict:
+    """Classes of each slot head, in :data:`HEADS` order, from counts as returned by
+    :func:`toy_vocabulary_sizes` (occupancy is empty / occupied)."""
+    return dict(colour=sizes['num_colours'], shape=sizes['num_shapes'], size=sizes['num_sizes'],
+                occupancy=2)
+
+
 def check_attributes(attributes: torch.Tensor, n: int, what: str = 'attributes') -> torch.Tensor:
     """Validate an (N, 2, 4) attribute tensor; return it as long. Every row needs an object."""
     if (not isinstance(attributes, torch.Tensor) or attributes.dim() != 3
@@ -206,8 +213,7 @@ class ToyFeatureNet(nn.Module):
                      num_positions=num_positions)
         if any(v is None for v in given.values()):
             given = {k: v if v is not None else toy_vocabulary_sizes()[k] for k, v in given.items()}
-        self.num_classes = dict(colour=given['num_colours'], shape=given['num_shapes'],
-                                size=given['num_sizes'], occupancy=2)
+        self.num_classes = slot_head_sizes(given)
         self.num_positions = given['num_positions']
         self.width, self.feat_dim = width, feat_dim
         channels = [width, 2 * width, 4 * width, 4 * width]

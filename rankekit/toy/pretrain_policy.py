@@ -27,7 +27,7 @@ class PolicyPretrainModel(BaseModel):
 
     Args:
         tokenizer: VQ tokenizer config or module (frozen; give ``pretrained=`` in real runs).
-        text_encoder: text encoder config or module (trained).
+        text_encoder: text encoder config or module (trained unless ``freeze_text_encoder``).
         policy: policy config or module (trained).
         drop_caption: caption dropout for CFG (probability = ``policy.class_dropout_prob``).
         freeze_text_encoder: keep the text encoder fixed (e.g. when it comes pretrained).

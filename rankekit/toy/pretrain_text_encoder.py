@@ -22,7 +22,8 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rankekit.registry import MODELS, TEXT_ENCODERS
-from rankekit.toy.feature_net import HEADS, match_from_logits, slot_targets, toy_vocabulary_sizes
+from rankekit.toy.feature_net import (HEADS, check_attributes, match_from_logits, slot_head_sizes,
+                                      slot_targets, toy_vocabulary_sizes)
 from rankekit.toy.pretrain_feature_net import slot_loss
 from rankekit.utils.build import build_module
 
@@ -52,15 +53,14 @@ class TextEncoderPretrainModel(BaseModel):
         self.text_encoder = build_module(TEXT_ENCODERS, text_encoder, 'model.text_encoder')
         sizes = toy_vocabulary_sizes()
         self.num_positions = sizes['num_positions']
-        self.head_sizes = dict(colour=sizes['num_colours'], shape=sizes['num_shapes'],
-                               size=sizes['num_sizes'], occupancy=2)
+        self.head_sizes = slot_head_sizes(sizes)
         self.head = nn.Sequential(
             nn.Linear(self.text_encoder.embed_dim, hidden), nn.GELU(),
             nn.Linear(hidden, self.num_positions * sum(self.head_sizes.values())))
 
     def slot_logits(self, captions: list[str]) -> dict:
         """``{head: (B, positions, classes)}`` for the heads of :data:`HEADS`."""
-        emb, mask = self.text_encoder(list(captions))
+        emb, mask = self.text_encoder(captions)  # it rejects a bare string with a clear error
         weights = mask.unsqueeze(-1).to(emb.dtype)
         pooled = (emb * weights).sum(1) / weights.sum(1).clamp(min=1)
         out = self.head(pooled).view(len(captions), self.num_positions, -1)
@@ -75,10 +75,12 @@ class TextEncoderPretrainModel(BaseModel):
         if attributes is None:
             raise ValueError(f"TextEncoderPretrainModel mode '{mode}' needs the batch's "
                              "'attributes' (ToyShapes items carry them)")
+        with torch.set_grad_enabled(mode == 'loss' and torch.is_grad_enabled()):
+            logits = self.slot_logits(caption)
+        check_attributes(attributes, len(logits['occupancy']),
+                         "the batch's 'attributes' (one row per caption)")
         if mode == 'loss':
-            loss, acc = slot_loss(self.slot_logits(caption),
-                                  slot_targets(attributes, self.num_positions))
+            loss, acc = slot_loss(logits, slot_targets(attributes, self.num_positions))
             return {'loss/ce': loss, 'acc/attr': acc}
-        with torch.no_grad():
-            match = match_from_logits(self.slot_logits(caption), attributes, exact_count=True)
+        match = match_from_logits(logits, attributes, exact_count=True)
         return [dict(match=bool(m)) for m in match]
