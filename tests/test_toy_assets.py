@@ -78,3 +78,16 @@ def test_every_asset_has_one_stage_and_the_policy_stage_keeps_the_text_encoder_f
     policy_cfg = load_config(str(REPO / tool.STAGES['policy'][0]))
     assert policy_cfg.model.freeze_text_encoder is True
     assert policy_cfg.model.text_encoder.pretrained == 'toy://text_encoder.pt'
+
+
+def test_a_rebuild_folder_comes_before_the_shipped_assets(tmp_path):
+    """prepare_toy_assets --out-dir: inside assets_built_in, toy:// finds what earlier stages
+    wrote there, falls back to the package for the rest, and the package again afterwards."""
+    from rankekit.utils.toy_assets import assets_built_in
+    (tmp_path / 'text_encoder.pt').write_bytes(b'fresh')
+    with assets_built_in(tmp_path):
+        assert toy_asset_path('toy://text_encoder.pt') == tmp_path / 'text_encoder.pt'
+        assert toy_asset_path('toy://policy.pt') == ASSET_DIR / 'policy.pt'
+        with pytest.raises(MissingToyAssetError, match='not a toy asset name'):
+            toy_asset_path('toy://text_encoderr.pt')
+    assert toy_asset_path('toy://text_encoder.pt') == ASSET_DIR / 'text_encoder.pt'

@@ -123,7 +123,9 @@ def main(argv=None) -> int:
                         help='also train the decoder 300 iterations with RankE\'s decoder-phase '
                         'reconstruction objective and report the rFID / base-policy FID change')
     parser.add_argument('--out-dir', default=None,
-                        help='where assets go (default: rankekit/toy/assets, the shipped ones)')
+                        help='where assets go (default: rankekit/toy/assets, the shipped ones); '
+                        'a stage loads toy:// files from here when an earlier stage wrote them, '
+                        'else the shipped ones')
     parser.add_argument('--work-dir', default='work_dirs/toy_assets',
                         help='logs and runner checkpoints of each stage')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (fixed, so '
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rankekit.utils.toy_assets import ASSET_DIR
+    from rankekit.utils.toy_assets import ASSET_DIR, assets_built_in
     out_dir = Path(args.out_dir) if args.out_dir else ASSET_DIR
     console = Console()
     report = []
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
         stages = args.only or list(STAGES)
         for i, name in enumerate(stages, 1):
             console.rule(f'[bold]stage {i}/{len(stages)}: {name}[/]  ({STAGES[name][0]})')
-            report.append(run_stage(name, Path(args.work_dir), out_dir, args.threads))
+            with assets_built_in(out_dir):  # later stages load what earlier ones wrote
+                report.append(run_stage(name, Path(args.work_dir), out_dir, args.threads))
             console.print(f'{name}: {report[-1]["seconds"]} s -> '
                           + ', '.join(f'{f} ({b / 1e6:.2f} MB)'
                                       for f, b in report[-1]['files'].items()))
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
     if args.convergence_check:
         from rankekit.apis.config import load_config
         backbone = load_config(str(REPO / 'configs/_base_/models/toy_backbone.py')).to_dict()
-        rows = convergence_check(Path(args.work_dir), out_dir, args.threads, backbone)
+        with assets_built_in(out_dir):  # the check trains the decoder it measures
+            rows = convergence_check(Path(args.work_dir), out_dir, args.threads, backbone)
         table = Table(title='Convergence check: 300 iterations of the decoder-phase '
                       'reconstruction objective')
         for column in ('decoder', 'rFID', 'base policy FID (mean ± std over sampling seeds)'):

@@ -7,6 +7,7 @@ them from fixed seeds.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / 'toy' / 'assets'
@@ -15,6 +16,23 @@ REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
 #: the files that command writes
 TOY_ASSETS = ('clip.pt', 'feature_net.pt', 'policy.pt', 'reward_classifier.pt', 'text_encoder.pt',
               'vq.pt', 'vq_disc.pt', 'vq_l1.pt')
+
+
+#: a folder searched before ASSET_DIR (set by :func:`assets_built_in`)
+_BUILD_DIR: Path | None = None
+
+
+@contextmanager
+def assets_built_in(folder):
+    """Inside the block, ``toy://name`` means ``folder/name`` when that file exists (else the
+    packaged one): a rebuild into another folder (``prepare_toy_assets.py --out-dir``) trains each
+    stage on the files its earlier stages just wrote there, not on the shipped ones."""
+    global _BUILD_DIR
+    previous, _BUILD_DIR = _BUILD_DIR, Path(folder)
+    try:
+        yield
+    finally:
+        _BUILD_DIR = previous
 
 
 class MissingToyAssetError(FileNotFoundError):
@@ -29,6 +47,8 @@ def toy_asset_path(name: str, must_exist: bool = True) -> Path:
     """Path of a shipped toy checkpoint; ``name`` with or without the ``toy://`` prefix."""
     if name.startswith(PREFIX):
         name = name[len(PREFIX):]
+    if _BUILD_DIR is not None and (_BUILD_DIR / name).is_file():
+        return _BUILD_DIR / name
     path = ASSET_DIR / name
     if must_exist and not path.is_file():
         if name not in TOY_ASSETS:  # a typo, not a missing file: rebuilding would not help
