@@ -17,6 +17,7 @@ from PIL import Image
 
 from rankekit.analysis.ablation import ablation_table, ensure_runs
 from rankekit.analysis.curves import curve_data, pareto_front
+from rankekit.analysis.decision import compare_groups
 from rankekit.analysis.runs import group_runs, load_run, wall_time_s
 from rankekit.evaluation.stats import format_mean_std, mean_std
 from rankekit.apis.config import load_config
@@ -503,6 +504,58 @@ def test_ablation_delta_columns_are_paired_within_each_run(tmp_path, capsys):
     assert ablation_main([*args, '--train-end', 'policy/lk']) == 2
     assert ("--train-end 'policy/lk': no run's summary.json has this training scalar. Did you "
             "mean 'policy/kl'?") in capsys.readouterr().err
+
+
+def test_ablation_compare_applies_the_registered_decision_rule(tmp_path, capsys):
+    """--compare A B METRIC: Δ of the means and 2 SE, SE = sqrt(s_a²/n_a + s_b²/n_b); the base
+    model's spread is over its sampling seeds (per_seed of its tools/test.py --base result).
+    By hand: ranke_base FID 10, 11, 13 (mean 11.333, s² 7/3), anchor_l2 20, 22, 27 (23, s² 13),
+    base 30, 31, 32 (31, s² 1). ranke_base - anchor_l2: -11.67, 2 SE = 2 sqrt(7/9 + 13/3) =
+    4.522, shown; anchor_l2 - base: -8, 2 SE = 2 sqrt(13/3 + 1/3) = 4.320, shown; CLIP 0.30,
+    0.32, 0.34 vs 0.31, 0.33, 0.35: Δ -0.01, 2 SE = 2 sqrt(0.0004/3 * 2) = 0.03266: not shown."""
+    (tmp_path / 'ranke_base.py').write_text(BASE_CFG)
+    kl, l2 = dict(type='KL', weight=0.05), dict(type='L2', weight=1.0)
+    work_dirs = []
+    for name, anchor, fids, clips in [('ranke_base', kl, (10., 11., 13.), (.30, .32, .34)),
+                                      ('anchor_l2', l2, (20., 22., 27.), (.31, .33, .35))]:
+        for seed, (fid, clip) in enumerate(zip(fids, clips)):
+            work_dirs.append(_fake_run(
+                tmp_path, name, seed, anchor, {}, [('12:00:00', '12:01:00')],
+                test=dict(checkpoint_iter=20, results={'online:ema': dict(
+                    mean={'fid/fid': fid, 'clip_score/mean': clip})})))
+    base = tmp_path / 'test_base'
+    base.mkdir()
+    per_seed = {str(i): {'fid/fid': v, 'clip_score/mean': 0.2}
+                for i, v in enumerate([30., 31., 32.])}
+    (base / 'metrics.json').write_text(json.dumps(dict(
+        config=str(tmp_path / 'ranke_base.py'), base=True, checkpoint_iter=0,
+        results={'base:base': dict(mean={'fid/fid': 31.0, 'clip_score/mean': 0.2},
+                                   per_seed=per_seed)})))
+    args = [str(base), *map(str, work_dirs), '--base', str(tmp_path / 'ranke_base.py'),
+            '--no-summary', '--metrics', 'fid/fid']
+    fid, clip = 'fid/fid [online:ema]', 'clip_score/mean [online:ema]'
+    assert ablation_main([*args, '--compare', 'ranke_base', 'anchor_l2', fid,
+                          '--compare', 'anchor_l2', 'base', fid,
+                          '--compare', 'ranke_base', 'anchor_l2', clip]) == 0
+    rows = capsys.readouterr().out.split('| verdict |')[1].splitlines()[2:]
+    assert rows == [
+        f'| {fid} | ranke_base | anchor_l2 | 11.33 (3) | 23 (3) | -11.67 | 4.522 | '
+        'shown: ranke_base lower |',
+        f'| {fid} | anchor_l2 | base | 23 (3) | 31 (3) | -8 | 4.32 | shown: anchor_l2 lower |',
+        f'| {clip} | ranke_base | anchor_l2 | 0.32 (3) | 0.33 (3) | -0.01 | 0.03266 | not shown |']
+
+    rule = compare_groups(group_runs([load_run(d) for d in work_dirs[:4]],
+                                     load_config(str(tmp_path / 'ranke_base.py')),
+                                     ignore_evaluation=True),
+                          [('ranke_base', 'anchor_l2', fid)], ['online:ema'])[0]
+    assert rule.values_b == (20.0,) and rule.two_se is None  # one seed: no spread, no verdict
+    assert rule.verdict == 'no SE (fewer than 2 values)'
+    # a row or a metric that does not exist is one error line with the close match
+    assert ablation_main([*args, '--compare', 'anchor_l3', 'base', fid]) == 2
+    assert "--compare 'anchor_l3': no row of the table has this name. Did you mean " \
+        "'anchor_l2'?" in capsys.readouterr().err
+    assert ablation_main([*args, '--compare', 'anchor_l2', 'base', 'fid/fid [online:base]']) == 2
+    assert "no run of 'anchor_l2' has 'fid/fid [online:base]'" in capsys.readouterr().err
 
 
 def test_ablation_runs_missing_configs_in_their_own_process(tmp_path):

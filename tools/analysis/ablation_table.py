@@ -4,7 +4,8 @@
 ``python tools/analysis/ablation_table.py --configs configs/ranke/ranke_toy.py
 configs/ablation/anchor_kl.py --seeds 0 1 2 --run``: one row per config with its diff against
 ``--base`` (computed from the configs), each metric as mean ± std over seeds (``summary.json``
-and the latest ``tools/test.py`` result), wall time. ``-h`` lists the options.
+and the latest ``tools/test.py`` result), wall time; ``--compare A B METRIC`` adds the toy
+studies' decision rule (is the difference of two rows shown?). ``-h`` lists the options.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rankekit.analysis.ablation import DEFAULT_METRICS, ablation_table, ensure_runs
+from rankekit.analysis.decision import comparison_table, compare_groups
 from rankekit.analysis.runs import Run, group_runs, load_run
 
 
@@ -48,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--train-end', nargs='+', default=[], metavar='KEY',
                         help='training scalars at the end of each run (summary.json; mean of the '
                         'last iterations), e.g. policy/kl; read even with --no-summary')
+    parser.add_argument('--compare', nargs=3, action='append', default=[],
+                        metavar=('A', 'B', 'METRIC'),
+                        help='after the table, the pre-registered decision rule on METRIC of row '
+                        'A minus row B: shown when |Δ| > 2 SE (repeatable; rows by config name, '
+                        '"base" for the untrained model; exact metric names with the combo), '
+                        'e.g. --compare anchor_ema grpo_toy "fid/fid [online:ema]"')
     parser.add_argument('--show-seeds', action='store_true',
                         help='cells also list the per-seed values')
     parser.add_argument('--no-summary', action='store_true',
@@ -76,10 +84,15 @@ def build_table(args: argparse.Namespace) -> str:
     base_cfg = load_config(str(base_path))
     # metrics from tools/test.py only: the runs' own evaluation settings do not matter
     groups = group_runs(runs, base_cfg, ignore_evaluation=args.no_summary)
-    return ablation_table(groups, base_path.stem, args.metrics, args.combos,
-                          use_summary=not args.no_summary, use_test=not args.no_test,
-                          deltas=[tuple(d) for d in args.delta], show_seeds=args.show_seeds,
-                          train_end=args.train_end)
+    table = ablation_table(groups, base_path.stem, args.metrics, args.combos,
+                           use_summary=not args.no_summary, use_test=not args.no_test,
+                           deltas=[tuple(d) for d in args.delta], show_seeds=args.show_seeds,
+                           train_end=args.train_end)
+    if args.compare:
+        comparisons = compare_groups(groups, [tuple(c) for c in args.compare], args.combos,
+                                     use_summary=not args.no_summary, use_test=not args.no_test)
+        table += '\n' + comparison_table(comparisons)
+    return table
 
 
 def main(argv=None) -> int:
