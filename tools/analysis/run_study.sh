@@ -10,6 +10,8 @@
 # ARCHIVE (e.g. the main checkout's docs/study2_runs, written by archive_runs.py): runs finished
 # there are skipped too, and so are the runs listed in ARCHIVE/FINISHED ("name seed" lines:
 # reported before the archive existed), so a new machine continues where the last one stopped.
+# The archive keeps metrics, not weights: a post-hoc run whose standard-RL source is archived
+# trains that source again first (same command and seed; its archived metrics check the re-run).
 # Run the script from the frozen worktree of the protocol's commit (copy this file there if it
 # is newer), so that the training code is the registered one.
 set -uo pipefail
@@ -41,14 +43,31 @@ for cfg in anchor_kl anchor_l2 anchor_none loss_listwise loss_pairwise rank_unif
   jobs+=("$cfg configs/ablation/$cfg.py 0")
 done
 
-run_job() {
-  local name=$1 config=$2 seed=$3 dir="$ROOT/$1/seed$3" extra=()
-  [ -f "$dir/test_iter_$ITERS/metrics.json" ] && return 0
-  [ -n "$ARCHIVE" ] && [ -f "$ARCHIVE/$1/seed$3/test_iter_$ITERS/metrics.json" ] && return 0
+archived() {  # name seed: finished on an earlier machine (ARCHIVE keeps metrics, not weights)
+  [ -n "$ARCHIVE" ] || return 1
+  [ -f "$ARCHIVE/$1/seed$2/test_iter_$ITERS/metrics.json" ] && return 0
   # runs reported in model_zoo.md before the archive existed (their work dirs are gone)
-  [ -n "$ARCHIVE" ] && grep -qx "$1 $3" "$ARCHIVE/FINISHED" 2>/dev/null && return 0
+  grep -qx "$1 $2" "$ARCHIVE/FINISHED" 2>/dev/null
+}
+
+run_job() {  # name config seed [retrain]: retrain = train it here even if archived
+  local name=$1 config=$2 seed=$3 retrain=${4:-} dir="$ROOT/$1/seed$3" extra=()
+  mkdir -p "$ROOT/$name"
+  [ -f "$dir/test_iter_$ITERS/metrics.json" ] && return 0
+  [ -z "$retrain" ] && archived "$name" "$seed" && return 0
   if [[ $name == posthoc_decoder* ]]; then  # the same seed's finished standard-RL run
-    local source="$ROOT/grpo_toy${name#posthoc_decoder}/seed$seed/iter_$ITERS.pth"
+    local source_name="grpo_toy${name#posthoc_decoder}"
+    local source="$ROOT/$source_name/seed$seed/iter_$ITERS.pth"
+    if [ ! -f "$source" ] && archived "$source_name" "$seed"; then
+      # its weights left with the old machine: train it again here (same command, same seed;
+      # the archived metrics then check that it came out the same)
+      echo "$(date +%H:%M:%S) $source_name seed $seed is archived without its weights:" \
+           "training it again as the source of $name"
+      local job
+      for job in "${jobs[@]}"; do
+        [[ $job == "$source_name "*" $seed" ]] && { run_job $job retrain || return 1; }
+      done
+    fi
     until [ -f "$source" ] && [ -f "$(dirname "$source")/test_iter_$ITERS/metrics.json" ]; do
       sleep 30
     done

@@ -1,0 +1,79 @@
+"""tools/analysis/run_study.sh's bookkeeping (skip, resume, archive, the post-hoc run's source),
+checked with a stand-in `python` that records each call and writes the files a real run writes."""
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# train.py: the checkpoints and the config dump; test.py: the metrics next to the checkpoint
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+if [[ $1 == tools/train.py ]]; then
+  config=$2; shift 2
+  while [ $# -gt 0 ]; do [[ $1 == --work-dir ]] && dir=$2; shift; done
+  mkdir -p "$dir"; cp "$config" "$dir/"
+  for it in 200 400 600; do touch "$dir/iter_$it.pth"; done
+elif [[ $1 == tools/test.py ]]; then
+  ckpt=$3; it=${ckpt##*iter_}; it=${it%.pth}
+  mkdir -p "$(dirname "$ckpt")/test_iter_$it"; echo '{}' > "$(dirname "$ckpt")/test_iter_$it/metrics.json"
+fi
+'''
+
+
+def _run_study(tmp_path, archived):
+    bin_dir, archive, root = tmp_path / 'bin', tmp_path / 'archive', tmp_path / 'root'
+    bin_dir.mkdir()
+    fake = bin_dir / 'python'
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    (archive / 'base').mkdir(parents=True)
+    (archive / 'base' / 'metrics.json').write_text('{}')
+    for name, seed in archived:
+        out = archive / name / f'seed{seed}' / 'test_iter_600'
+        out.mkdir(parents=True)
+        (out / 'metrics.json').write_text('{}')
+    calls = tmp_path / 'calls.txt'
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', CALLS=str(calls))
+    proc = subprocess.run(['bash', str(REPO / 'tools/analysis/run_study.sh'), str(root), '1',
+                           str(archive)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trains = [line.split() for line in calls.read_text().splitlines()
+              if line.startswith('tools/train.py')]
+    # (work dir relative to root, load_from or None), in call order
+    return [(str(Path(t[t.index('--work-dir') + 1]).relative_to(root)),
+             next((a.split('=', 1)[1] for a in t if a.startswith('load_from=')), None))
+            for t in trains], root, proc.stdout
+
+
+def test_run_study_trains_every_registered_run_once_in_order(tmp_path):
+    trains, root, _ = _run_study(tmp_path, archived=[])
+    dirs = [d for d, _ in trains]
+    assert len(dirs) == len(set(dirs)) == 8 * 3 + 9  # 2 regimes x 4 configs x 3 seeds + ablations
+    assert dirs[:4] == ['grpo_toy/seed0', 'anchor_ema/seed0', 'decoder_recon_only/seed0',
+                        'posthoc_decoder/seed0']
+    assert dirs[-1] == 'disc_sees_policy/seed0'
+    sources = {d: src for d, src in trains if src}
+    assert sources == {f'posthoc_decoder{r}/seed{s}': str(root / f'grpo_toy{r}/seed{s}/iter_600.pth')
+                       for r in ('', '_drift') for s in range(3)}
+
+
+def test_run_study_skips_archived_runs_and_retrains_a_lost_posthoc_source(tmp_path):
+    archived = [('grpo_toy', s) for s in range(3)] + [('anchor_ema', s) for s in range(3)] + \
+        [('grpo_toy_drift', 0), ('anchor_ema_drift', 0), ('posthoc_decoder', 0)]
+    trains, root, log = _run_study(tmp_path, archived)
+    dirs = [d for d, _ in trains]
+    for name, seed in archived:
+        if not name.startswith('grpo_toy'):  # standard RL: the post-hoc runs' sources
+            assert f'{name}/seed{seed}' not in dirs
+    # the archive keeps no weights: each post-hoc run whose source is archived trains the source
+    # again (once), right before itself, and loads it
+    for seed in (1, 2):
+        i = dirs.index(f'posthoc_decoder/seed{seed}')
+        assert dirs[i - 1] == f'grpo_toy/seed{seed}'
+        assert trains[i][1] == str(root / f'grpo_toy/seed{seed}/iter_600.pth')
+    i = dirs.index('posthoc_decoder_drift/seed0')
+    assert dirs[i - 1] == 'grpo_toy_drift/seed0'
+    assert dirs.count('grpo_toy_drift/seed0') == 1 and 'grpo_toy/seed0' not in dirs
+    assert 'is archived without its weights' in log
