@@ -17,7 +17,8 @@ if [[ $1 == tools/train.py ]]; then
   for it in 200 400 600; do touch "$dir/iter_$it.pth"; done
 elif [[ $1 == tools/test.py ]]; then
   ckpt=$3; it=${ckpt##*iter_}; it=${it%.pth}
-  mkdir -p "$(dirname "$ckpt")/test_iter_$it"; echo '{}' > "$(dirname "$ckpt")/test_iter_$it/metrics.json"
+  out="$(dirname "$ckpt")/test_iter_$it"
+  mkdir -p "$out"; echo '{}' > "$out/metrics.json"
 fi
 '''
 
@@ -55,8 +56,9 @@ def test_run_study_trains_every_registered_run_once_in_order(tmp_path):
                         'posthoc_decoder/seed0']
     assert dirs[-1] == 'disc_sees_policy/seed0'
     sources = {d: src for d, src in trains if src}
-    assert sources == {f'posthoc_decoder{r}/seed{s}': str(root / f'grpo_toy{r}/seed{s}/iter_600.pth')
-                       for r in ('', '_drift') for s in range(3)}
+    expected = {f'posthoc_decoder{r}/seed{s}': str(root / f'grpo_toy{r}/seed{s}/iter_600.pth')
+                for r in ('', '_drift') for s in range(3)}
+    assert sources == expected
 
 
 def test_run_study_skips_archived_runs_and_retrains_a_lost_posthoc_source(tmp_path):
