@@ -11,7 +11,8 @@
 # there are skipped too, and so are the runs listed in ARCHIVE/FINISHED ("name seed" lines:
 # reported before the archive existed), so a new machine continues where the last one stopped.
 # The archive keeps metrics, not weights: a post-hoc run whose standard-RL source is archived
-# trains that source again first (same command and seed; its archived metrics check the re-run).
+# trains that source again first (same command and seed; compare its metrics with the archived
+# ones by hand: nothing here does).
 # Run the script from the frozen worktree of the protocol's commit (copy this file there if it
 # is newer), so that the training code is the registered one.
 set -uo pipefail
@@ -98,7 +99,6 @@ worker() {
     local i
     i=$(flock "$counter" bash -c 'i=$(cat "$0"); echo $((i + 1)) > "$0"; echo $i' "$counter")
     [ "$i" -ge "${#jobs[@]}" ] && break
-    mkdir -p "$ROOT/$(echo "${jobs[$i]}" | cut -d' ' -f1)"
     run_job ${jobs[$i]}
   done
 }
