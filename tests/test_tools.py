@@ -600,6 +600,29 @@ def test_curves_and_pareto(fake_runs, tmp_path, capsys, monkeypatch):
     assert "no run has both 'clip_score/mean' and 'fid/fdi'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('n_points', [3, 12])
+def test_pareto_labels_stay_readable(tmp_path, monkeypatch, n_points):
+    """A few points are labelled beside themselves; past 8 (an ablation table) each gets its
+    own colour-and-marker pair and its name in a legend, so clustered labels cannot collide."""
+    from rankekit.analysis import curves
+    points = [dict(label=f'run{i}', n=1, x=float(i), x_std=None, y=float(i % 3), y_std=None)
+              for i in range(n_points)]
+    monkeypatch.setattr(curves, 'pareto_points', lambda *args, **kwargs: points)
+    figures = []
+    monkeypatch.setattr(curves._pyplot(), 'close', figures.append)
+    curves.plot_pareto([], tmp_path / 'pareto.png')
+    ax = figures[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    annotations = [t.get_text() for t in ax.texts]
+    names = [f'run{i} (n=1)' for i in range(n_points)]
+    if n_points <= 8:
+        assert legend == ['Pareto front'] and annotations == names
+    else:
+        assert annotations == [] and sorted(legend) == sorted(names + ['Pareto front'])
+        styles = {(line.get_color(), line.get_marker()) for line in ax.lines
+                  if line.get_marker() in tuple('osD^')}  # the points, not the error-bar caps
+        assert len(styles) == n_points
+
 def test_archived_runs_give_the_same_table(fake_runs, tmp_path):
     """tools/analysis/archive_runs.py keeps what the table reads (config, summary, scalars,
     test metrics, the log's first and last time stamps) and nothing else."""

@@ -164,19 +164,29 @@ def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_
         raise ValueError(f'no run has both {x_key!r} and {y_key!r} (summary.json evaluation or '
                          f'tools/test.py results); run the evaluation first or pick --x/--y')
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for p in points:
-        ax.errorbar(p['x'], p['y'], xerr=p['x_std'] or 0, yerr=p['y_std'] or 0, fmt='o',
-                    capsize=3)
-        ax.annotate(f"{p['label']} (n={p['n']})", (p['x'], p['y']), fontsize=7,
-                    textcoords='offset points', xytext=(4, 4))
+    # Past a handful of points, labels next to them collide in the clusters that matter most;
+    # name them in a legend instead, each with its own colour and marker (10 colours x 4 markers).
+    crowded = len(points) > 8
+    fig, ax = plt.subplots(figsize=(8.5 if crowded else 6, 4.5))
+    colours = plt.get_cmap('tab10').colors if crowded else [None]
+    for i, p in enumerate(points):
+        label = f"{p['label']} (n={p['n']})"
+        marker = 'osD^'[i // 10 % 4] if crowded else 'o'
+        ax.errorbar(p['x'], p['y'], xerr=p['x_std'] or 0, yerr=p['y_std'] or 0, fmt=marker,
+                    capsize=3, color=colours[i % len(colours)], label=label if crowded else None)
+        if not crowded:
+            ax.annotate(label, (p['x'], p['y']), fontsize=7, textcoords='offset points',
+                        xytext=(4, 4))
     front = pareto_front(points)
     ax.plot([points[i]['x'] for i in front], [points[i]['y'] for i in front], '--', color='gray',
             linewidth=1, label='Pareto front')
     ax.set_xlabel(f'{x_key} (higher is better)')
     ax.set_ylabel(f'{y_key} (lower is better)')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if crowded:
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
