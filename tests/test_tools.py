@@ -623,6 +623,7 @@ def test_pareto_labels_stay_readable(tmp_path, monkeypatch, n_points):
                   if line.get_marker() in tuple('osD^')}  # the points, not the error-bar caps
         assert len(styles) == n_points
 
+
 def test_archived_runs_give_the_same_table(fake_runs, tmp_path):
     """tools/analysis/archive_runs.py keeps what the table reads (config, summary, scalars,
     test metrics, the log's first and last time stamps) and nothing else."""

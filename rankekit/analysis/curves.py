@@ -165,15 +165,16 @@ def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_
                          f'tools/test.py results); run the evaluation first or pick --x/--y')
     plt = _pyplot()
     # Past a handful of points, labels next to them collide in the clusters that matter most;
-    # name them in a legend instead, each with its own colour and marker (10 colours x 4 markers).
+    # name them in a legend instead, each with its own colour and marker (the 10 default
+    # colours x 4 markers).
     crowded = len(points) > 8
     fig, ax = plt.subplots(figsize=(8.5 if crowded else 6, 4.5))
-    colours = plt.get_cmap('tab10').colors if crowded else [None]
     for i, p in enumerate(points):
         label = f"{p['label']} (n={p['n']})"
-        marker = 'osD^'[i // 10 % 4] if crowded else 'o'
-        ax.errorbar(p['x'], p['y'], xerr=p['x_std'] or 0, yerr=p['y_std'] or 0, fmt=marker,
-                    capsize=3, color=colours[i % len(colours)], label=label if crowded else None)
+        style = (dict(fmt='osD^'[i // 10 % 4], color=f'C{i % 10}', label=label) if crowded
+                 else dict(fmt='o'))
+        ax.errorbar(p['x'], p['y'], xerr=p['x_std'] or 0, yerr=p['y_std'] or 0, capsize=3,
+                    **style)
         if not crowded:
             ax.annotate(label, (p['x'], p['y']), fontsize=7, textcoords='offset points',
                         xytext=(4, 4))
@@ -183,10 +184,8 @@ def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_
     ax.set_xlabel(f'{x_key} (higher is better)')
     ax.set_ylabel(f'{y_key} (lower is better)')
     ax.grid(alpha=0.3)
-    if crowded:
-        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    else:
-        ax.legend(fontsize=7)
+    outside = dict(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.legend(fontsize=7, **(outside if crowded else {}))
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
