@@ -13,6 +13,7 @@ echo "$*" >> "$CALLS"
 if [[ $1 == tools/train.py ]]; then
   config=$2; shift 2
   while [ $# -gt 0 ]; do [[ $1 == --work-dir ]] && dir=$2; shift; done
+  [[ $dir == *"${FAIL_TRAIN:-none}" ]] && exit 1  # a crashed training run
   mkdir -p "$dir"; cp "$config" "$dir/"
   for it in 200 400 600; do touch "$dir/iter_$it.pth"; done
 elif [[ $1 == tools/test.py ]]; then
@@ -23,7 +24,9 @@ fi
 '''
 
 
-def _run_study(tmp_path, archived):
+def _run_study(tmp_path, archived, args=None, fail_train=None):
+    """Run the script with the stand-in python; (trains, root, stdout) once it exits with 0, or
+    the finished process when `args` replaces (root, workers, archive)."""
     bin_dir, archive, root = tmp_path / 'bin', tmp_path / 'archive', tmp_path / 'root'
     bin_dir.mkdir()
     fake = bin_dir / 'python'
@@ -36,9 +39,13 @@ def _run_study(tmp_path, archived):
         out.mkdir(parents=True)
         (out / 'metrics.json').write_text('{}')
     calls = tmp_path / 'calls.txt'
-    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', CALLS=str(calls))
-    proc = subprocess.run(['bash', str(REPO / 'tools/analysis/run_study.sh'), str(root), '1',
-                           str(archive)], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', CALLS=str(calls),
+               FAIL_TRAIN=fail_train or '')
+    proc = subprocess.run(['bash', str(REPO / 'tools/analysis/run_study.sh'),
+                           *(args or [str(root), '1', str(archive)])],
+                          env=env, capture_output=True, text=True, timeout=120)
+    if args is not None:
+        return proc, calls
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trains = [line.split() for line in calls.read_text().splitlines()
               if line.startswith('tools/train.py')]
@@ -79,3 +86,24 @@ def test_run_study_skips_archived_runs_and_retrains_a_lost_posthoc_source(tmp_pa
     assert dirs[i - 1] == 'grpo_toy_drift/seed0'
     assert dirs.count('grpo_toy_drift/seed0') == 1 and 'grpo_toy/seed0' not in dirs
     assert 'is archived without its weights' in log
+
+
+def test_run_study_refuses_bad_arguments_before_training(tmp_path):
+    root = str(tmp_path / 'root')
+    proc, calls = _run_study(tmp_path, [], args=[root, '1', str(tmp_path / 'archiv')])
+    assert proc.returncode == 2 and not calls.exists()
+    assert f"ARCHIVE (3rd argument) '{tmp_path / 'archiv'}' is not a directory" in proc.stderr
+    (tmp_path / 'again').mkdir()
+    proc, calls = _run_study(tmp_path / 'again', [], args=[root, 'two'])
+    assert proc.returncode == 2 and not calls.exists()
+    assert "WORKERS (2nd argument) must be a positive integer, got 'two'" in proc.stderr
+
+
+def test_run_study_fails_a_posthoc_run_whose_source_failed(tmp_path):
+    """The post-hoc run waits for its source; a source that crashed must end the wait."""
+    trains, root, log = _run_study(tmp_path, [], fail_train='grpo_toy/seed0')
+    dirs = [d for d, _ in trains]
+    assert 'FAILED grpo_toy seed 0' in log and (root / 'grpo_toy/seed0.FAILED').is_file()
+    assert 'FAILED posthoc_decoder seed 0: its source grpo_toy seed 0 failed' in log
+    assert 'posthoc_decoder/seed0' not in dirs  # never trained, and nothing else stopped
+    assert 'posthoc_decoder/seed1' in dirs and dirs[-1] == 'disc_sees_policy/seed0'

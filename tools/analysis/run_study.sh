@@ -13,6 +13,8 @@
 # The archive keeps metrics, not weights: a post-hoc run whose standard-RL source is archived
 # trains that source again first (same command and seed; compare its metrics with the archived
 # ones by hand: nothing here does).
+# A run that fails is logged as FAILED with a ROOT/<name>/seed<N>.FAILED marker, and a post-hoc
+# run whose source failed fails too instead of waiting for it; re-running retries both.
 # Run the script from the frozen worktree of the protocol's commit (copy this file there if it
 # is newer), so that the training code is the registered one.
 set -uo pipefail
@@ -21,6 +23,15 @@ ROOT=${1:-work_dirs/study2}
 WORKERS=${2:-2}
 ARCHIVE=${3:-}
 ITERS=600
+# paths are taken from the repository root (the cd above)
+[[ $WORKERS =~ ^[1-9][0-9]*$ ]] || {
+  echo "run_study.sh: WORKERS (2nd argument) must be a positive integer, got '$WORKERS'" >&2
+  exit 2; }
+[ -z "$ARCHIVE" ] || [ -d "$ARCHIVE" ] || {
+  # a mistyped archive would silently train every archived run again (hours)
+  echo "run_study.sh: ARCHIVE (3rd argument) '$ARCHIVE' is not a directory under $(pwd):" \
+       "give the folder archive_runs.py writes (e.g. docs/study3_runs) or leave it out" >&2
+  exit 2; }
 mkdir -p "$ROOT"
 
 # name config seed: released regime (seeds 0, 1, 2), then drift-prone, then the ablations
@@ -55,6 +66,7 @@ run_job() {  # name config seed [retrain]: retrain = train it here even if archi
   local name=$1 config=$2 seed=$3 retrain=${4:-} dir="$ROOT/$1/seed$3" extra=()
   mkdir -p "$ROOT/$name"
   [ -f "$dir/test_iter_$ITERS/metrics.json" ] && return 0
+  rm -f "$dir.FAILED"  # a failure of an earlier start; this start tries again
   [ -z "$retrain" ] && archived "$name" "$seed" && return 0
   if [[ $name == posthoc_decoder* ]]; then  # the same seed's finished standard-RL run
     local source_name="grpo_toy${name#posthoc_decoder}"
@@ -70,6 +82,10 @@ run_job() {  # name config seed [retrain]: retrain = train it here even if archi
       done
     fi
     until [ -f "$source" ] && [ -f "$(dirname "$source")/test_iter_$ITERS/metrics.json" ]; do
+      # a source that failed (in another worker) never appears: fail too, instead of waiting
+      [ -f "$(dirname "$source").FAILED" ] && {
+        echo "FAILED $name seed $seed: its source $source_name seed $seed failed" \
+             "(see $(dirname "$source").train.log / .test.log)"; touch "$dir.FAILED"; return 1; }
       sleep 30
     done
     extra=("load_from=$source")
@@ -80,10 +96,12 @@ run_job() {  # name config seed [retrain]: retrain = train it here even if archi
   python tools/train.py "$config" --seed "$seed" --work-dir "$dir" "${resume[@]}" \
     --cfg-options train_cfg.max_iters=$ITERS train_cfg.val_begin=1000000 \
     default_hooks.checkpoint.interval=200 default_hooks.checkpoint.max_keep_ckpts=3 \
-    "${extra[@]}" > "$dir.train.log" 2>&1 || { echo "FAILED $name seed $seed"; return 1; }
+    "${extra[@]}" > "$dir.train.log" 2>&1 || {
+      echo "FAILED $name seed $seed (see $dir.train.log)"; touch "$dir.FAILED"; return 1; }
   local cfg_dump="$dir/$(basename "$config")"
   python tools/test.py "$cfg_dump" "$dir/iter_$ITERS.pth" --combos online:ema online:base \
-    --seeds 0 1 --no-progress > "$dir.test.log" 2>&1 || { echo "FAILED test $name"; return 1; }
+    --seeds 0 1 --no-progress > "$dir.test.log" 2>&1 || {
+      echo "FAILED test $name seed $seed (see $dir.test.log)"; touch "$dir.FAILED"; return 1; }
   for it in 200 400; do
     python tools/test.py "$cfg_dump" "$dir/iter_$it.pth" --combos online:ema online:base \
       --seeds 0 --no-progress >> "$dir.test.log" 2>&1
