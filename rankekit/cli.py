@@ -133,7 +133,13 @@ def example_config(obj) -> Optional[dict]:
 
 @app.command()
 def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss or ClipScore.')):
-    """Show a component's documentation, constructor signature and a config that builds it."""
+    """Show a component's documentation, constructor signature and a config that builds it.
+
+    ``rankekit info release``: every setting where rankekit and the RankE release may differ.
+    """
+    if name == 'release':
+        _print_release_differences()
+        return
     found = _find(name)
     if not found:
         every = sorted({n for reg in _registries().values() for n in _members(reg)})
@@ -159,6 +165,27 @@ def info(name: str = typer.Argument(..., help='A component name, e.g. GRPOLoss o
         else:
             console.print(pprint.pformat(example, sort_dicts=False, width=min(console.width, 96)),
                           highlight=False)
+
+
+def _print_release_differences() -> None:
+    from rich.table import Table
+
+    from rankekit.models.release import BEHAVIOURS, SETTINGS
+    table = Table(title='Settings where rankekit and the RankE release (syjmelody/RankE @2798acc) '
+                        'may differ', show_lines=True)
+    for column in ('setting', 'release', 'rankekit recipes', 'why'):
+        table.add_column(column, overflow='fold')
+    for s in SETTINGS:
+        table.add_row(s.key, repr(s.release), s.recipes, s.why)
+    console.print(table)
+    fixed = Table(title='Faults of the release fixed without a setting', show_lines=True)
+    fixed.add_column('behaviour')
+    fixed.add_column('what rankekit does', overflow='fold')
+    for name, what in BEHAVIOURS:
+        fixed.add_row(name, what)
+    console.print(fixed)
+    console.print('Release-exact: configs/ranke/release_exact_tiny.py (the equivalence test) or '
+                  'these keys with --cfg-options; docs/method.md', highlight=False)
 
 
 @app.command(context_settings=dict(allow_extra_args=True, ignore_unknown_options=True))

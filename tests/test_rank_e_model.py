@@ -296,3 +296,78 @@ def test_group_normalisation_keeps_flat_groups_flat_for_grpo():
     assert model.rewards.group_std_eps == 1e-3
     with pytest.raises(ValueError, match=r'model.reward_std_eps must be > 0.0, got 0'):
         build(reward_normalize='group', reward_std_eps=0)
+
+
+# ---- release settings (issue 25): the switches do what they say -------------------------------
+def test_policy_decodes_are_clamped_before_the_decoder_terms():
+    seen = {}
+    for clamp in (True, False):
+        model, optim = build(decoder_cfg=dict(disc_start=0, ema_decay=0.5,
+                                              clamp_policy_decodes=clamp))
+        # a decoder that overshoots: every pixel of its decode far outside [-1, 1]
+        with torch.no_grad():
+            model.tokenizer.decoder.conv_out.bias.fill_(3.0)
+            model.decoder_ema.decoder.conv_out.bias.fill_(3.0)
+        model.discriminator.register_forward_hook(
+            lambda m, args, out, key=clamp: seen.setdefault(key, []).append(args[0].detach()))
+        model.decoder_anchor.register_forward_hook(  # (a hook returning a value replaces out)
+            lambda m, args, out, key=clamp: seen.update({f'target{key}': args[1].detach()}))
+        model.train_step(batch(), optim)
+    policy_decodes = seen[True][-1]  # the last discriminator call: the rank-GAN term
+    assert policy_decodes.max() <= 1.0 and (policy_decodes == 1.0).any()
+    assert seen[False][-1].max() > 1.5
+    assert seen['targetTrue'].max() <= 1.0 and seen['targetFalse'].max() > 1.5
+
+
+def test_bidirectional_caption_mask_is_the_release_one_by_hand():
+    from rankekit.policies.llamagen_gpt import LlamaGenGPT
+    keep = torch.tensor([[0, 1, 1]])  # one left pad, 2 caption tokens; S = 3 + 2 image tokens
+    bi = LlamaGenGPT.attention_mask(keep, 5, 'bidirectional')[0, 0].int().tolist()
+    assert bi == [[0, 1, 1, 0, 0],   # caption rows see the whole valid caption, no forced diagonal
+                  [0, 1, 1, 0, 0],
+                  [0, 1, 1, 0, 0],
+                  [0, 1, 1, 1, 0],   # image rows: causal, the pad column masked
+                  [0, 1, 1, 1, 1]]
+    causal = LlamaGenGPT.attention_mask(keep, 5)[0, 0].int().tolist()
+    assert causal == [[1, 0, 0, 0, 0],  # the pad row sees itself only (diagonal forced)
+                      [0, 1, 0, 0, 0],
+                      [0, 1, 1, 0, 0],
+                      [0, 1, 1, 1, 0],
+                      [0, 1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="caption_attention must be"):
+        LlamaGenGPT.attention_mask(keep, 5, 'full')
+
+
+def test_halved_hinge_and_mean_eps_rank_weights_by_hand():
+    from rankekit.losses.gan import hinge_d_loss
+    from rankekit.losses.rank_weights import TopKSoftmaxWeights
+    # relu(1 - 0.5) = 0.5 and relu(1 + (-2, 0)) = (0, 1) -> mean 0.5; 0.5 x (0.5 + 0.5) = 0.5
+    assert float(hinge_d_loss(torch.tensor([0.5]), torch.tensor([-2.0, 0.0]))) == 0.5
+    r = torch.tensor([0.0, 1.0, 3.0, 2.0], dtype=torch.float64)  # one group of 4, K = 2
+    exact = TopKSoftmaxWeights(top_k=2)(r, 4)
+    release = TopKSoftmaxWeights(top_k=2, mean_eps=1e-8)(r, 4)
+    soft = torch.softmax(torch.tensor([3.0, 2.0], dtype=torch.float64), 0)
+    assert torch.allclose(exact[[2, 3]], 2 * soft, atol=0, rtol=1e-15)
+    assert torch.allclose(release[[2, 3]], soft / (0.5 + 1e-8), atol=0, rtol=1e-15)
+    assert exact.dtype == torch.float64  # a float64 run keeps its precision
+
+
+@pytest.mark.parametrize('codebook,logits', [('normalized', 'conditional'), ('raw', 'sampler')])
+def test_lasc_settings_train(codebook, logits):
+    model, optim = build(decoder_cfg=dict(disc_start=0, ema_decay=0.5, lasc_weight=1.0,
+                                          lasc_top_k=4, lasc_codebook=codebook,
+                                          lasc_logits=logits))
+    decoder = snapshot(model.tokenizer.decoder)
+    logs = model.train_step(batch(), optim)
+    assert math.isfinite(float(logs['decoder/lasc'])) and float(logs['decoder/lasc']) > 0
+    assert changed(decoder, model.tokenizer.decoder)
+
+
+def test_caption_attention_needs_a_policy_that_supports_it():
+    with pytest.raises(ValueError, match="caption_attention='bidirectional' describes"):
+        build(policy_cfg=dict(ema_interval=1, ema_decay=0.5, caption_attention='bidirectional',
+                              logprobs='sampler'))
+    model, optim = build(policy_cfg=dict(ema_interval=1, ema_decay=0.5,
+                                         caption_attention='bidirectional'))
+    logs = model.train_step(batch(), optim)
+    assert math.isfinite(float(logs['policy/loss']))

@@ -22,33 +22,50 @@ def _softplus(x):  # -log sigmoid(-x) = log(1 + e^x)
 
 # --- advantages --------------------------------------------------------------------------------
 
-# two groups of G=3: group 0 rewards [0, 0, 3] -> mean 1, deviations [-1, -1, 2],
-# population var (1 + 1 + 4) / 3 = 2, std sqrt(2) -> A = [-1/sqrt2, -1/sqrt2, sqrt2];
+# two groups of G=3: group 0 rewards [0, 0, 3] -> mean 1, deviations [-1, -1, 2], squared sum 6:
+# unbiased var 6 / 2 = 3 (the release's torch.std), population var 6 / 3 = 2;
 # group 1 [2, 2, 2] has std 0 -> A = 0.
 R23 = torch.tensor([0., 0., 3., 2., 2., 2.])
-S2 = math.sqrt(2)
+S2, S3 = math.sqrt(2), math.sqrt(3)
 
 
 def test_group_advantages_group_scale_zero_std_and_clamp():
-    adv, frac = group_advantages(R23, 3)
-    _close(adv, [-1 / S2, -1 / S2, S2, 0, 0, 0])
+    adv, frac = group_advantages(R23, 3)  # default: unbiased std, as released
+    _close(adv, [-1 / S3, -1 / S3, 2 / S3, 0, 0, 0])
     _close(frac, 0.5)  # one of two groups is flat
-    adv, _ = group_advantages(R23, 3, clamp=1.0)  # sqrt2 = 1.414 is clamped to 1
-    _close(adv, [-1 / S2, -1 / S2, 1.0, 0, 0, 0])
+    adv, _ = group_advantages(R23, 3, std='population')
+    _close(adv, [-1 / S2, -1 / S2, S2, 0, 0, 0])
+    adv, _ = group_advantages(R23, 3, clamp=1.0)  # 2/sqrt3 = 1.155 is clamped to 1
+    _close(adv, [-1 / S3, -1 / S3, 1.0, 0, 0, 0])
+
+
+def test_group_advantages_unbiased_is_sqrt_g_over_g_minus_1_larger():
+    r = torch.tensor([0.3, -1.2, 2.0, 0.7, 0.1, 0.0, -0.4, 1.1])
+    unbiased, _ = group_advantages(r, 8)
+    population, _ = group_advantages(r, 8, std='population')
+    _close(population / unbiased, math.sqrt(8 / 7))  # 1.069 at G=8 (D1 of issue 25)
+    with pytest.raises(ValueError, match="std must be one of"):
+        group_advantages(r, 8, std='biased')
+    with pytest.raises(ValueError, match="std must be one of"):
+        GRPOLoss(std='sample')
 
 
 def test_group_advantages_batch_and_none_scale():
-    # batch: mean 1.5, squared deviations 3 * 2.25 + 3 * 0.25 = 7.5, var 7.5 / 6 = 1.25
+    # batch: mean 1.5, squared deviations 3 * 2.25 + 3 * 0.25 = 7.5, var 7.5 / 5 = 1.5 (unbiased)
     adv, _ = group_advantages(R23, 3, scale='batch')
+    _close(adv, [-1 / math.sqrt(1.5), -1 / math.sqrt(1.5), 2 / math.sqrt(1.5), 0, 0, 0])
+    adv, _ = group_advantages(R23, 3, scale='batch', std='population')  # var 7.5 / 6 = 1.25
     _close(adv, [-1 / math.sqrt(1.25), -1 / math.sqrt(1.25), 2 / math.sqrt(1.25), 0, 0, 0])
     adv, _ = group_advantages(R23, 3, scale='none')
     _close(adv, [-1, -1, 2, 0, 0, 0])
 
 
 def test_group_advantages_std_eps_zeroes_near_ties():
-    # group std of [0, 0.03] is 0.015: signal under eps 1e-4, noise under eps 0.05
+    # population std of [0, 0.03] is 0.015 (unbiased 0.0212): signal under eps 1e-4, noise
+    # under eps 0.05
     r = torch.tensor([0., 0.03])
-    _close(group_advantages(r, 2)[0], [-1, 1])
+    _close(group_advantages(r, 2, std='population')[0], [-1, 1])
+    _close(group_advantages(r, 2)[0], [-1 / S2, 1 / S2])
     adv, frac = group_advantages(r, 2, std_eps=0.05)
     _close(adv, [0, 0])
     _close(frac, 1.0)
@@ -61,17 +78,20 @@ def test_group_advantages_detaches_rewards():
 
 # --- GRPO --------------------------------------------------------------------------------------
 
-# G = 2, rewards [1, 0] -> A = [+1, -1]. logp_old = 0, so ratio = exp(logp):
+# G = 2, rewards [1, 0] -> A = [+1, -1] with the population std (the hand computations below
+# use it; the default unbiased std gives +-1/sqrt2, tested above).
+# logp_old = 0, so ratio = exp(logp):
 #   row 0 (A=+1), ratios [1.5, 0.9, 0.7]: -min(r, clip(r, .8, 1.2)) = [-1.2 (cut), -0.9, -0.7]
 #   row 1 (A=-1), ratios [0.5, 1.1, 1.3]: -min(-r, -clip(r)) = [0.8 (cut), 1.1, 1.3]
 # token_mean = (-2.8 + 3.2) / 6 = 0.4 / 6; clip cut on 2 of 6 tokens (0.7 and 1.3 are outside the
 # range but the unclipped term is the minimum there); ratio mean = 6 / 6 = 1.
 RATIOS = torch.tensor([[1.5, 0.9, 0.7], [0.5, 1.1, 1.3]])
 R10 = torch.tensor([1., 0.])
+POP = dict(std='population')
 
 
 def test_grpo_value_and_clip_frac_by_hand():
-    out = GRPOLoss(clip_eps=0.2)(RATIOS.log(), torch.zeros(2, 3), R10, 2)
+    out = GRPOLoss(clip_eps=0.2, **POP)(RATIOS.log(), torch.zeros(2, 3), R10, 2)
     _close(out['loss'], 0.4 / 6)
     _close(out['clip_frac'], 2 / 6)
     _close(out['ratio_mean'], 1.0)
@@ -86,14 +106,14 @@ def test_grpo_value_and_clip_frac_by_hand():
 def test_grpo_clip_eps_high():
     # upper clip 1.3: row 0 token 0 becomes -min(1.5, 1.3) = -1.3 (still cut); row 1 token 2:
     # clip(1.3) = 1.3, no cut. loss = (-1.3 - 0.9 - 0.7 + 0.8 + 1.1 + 1.3) / 6 = 0.3 / 6
-    out = GRPOLoss(clip_eps=0.2, clip_eps_high=0.3)(RATIOS.log(), torch.zeros(2, 3), R10, 2)
+    out = GRPOLoss(clip_eps=0.2, clip_eps_high=0.3, **POP)(RATIOS.log(), torch.zeros(2, 3), R10, 2)
     _close(out['loss'], 0.3 / 6)
     _close(out['clip_frac'], 2 / 6)
 
 
 def test_grpo_gradient_only_through_unclipped_tokens():
     logp = RATIOS.log().requires_grad_()
-    GRPOLoss()(logp, torch.zeros(2, 3), R10, 2)['loss'].backward()
+    GRPOLoss(**POP)(logp, torch.zeros(2, 3), R10, 2)['loss'].backward()
     # d/dlogp of -r*A/6 = -r*A/6 where unclipped, 0 where cut
     _close(logp.grad, [[0, -0.9 / 6, -0.7 / 6], [0, 1.1 / 6, 1.3 / 6]])
 
@@ -103,8 +123,8 @@ def test_grpo_token_mean_vs_seq_mean_with_mask():
     # (masked tokens carry a huge ratio e^5 that must not count)
     logp = torch.tensor([[0., 0., 0.], [0., 5., 5.]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    tok = GRPOLoss(aggregation='token_mean')(logp, torch.zeros(2, 3), R10, 2, mask=mask)
-    seq = GRPOLoss(aggregation='seq_mean')(logp, torch.zeros(2, 3), R10, 2, mask=mask)
+    tok = GRPOLoss(aggregation='token_mean', **POP)(logp, torch.zeros(2, 3), R10, 2, mask=mask)
+    seq = GRPOLoss(aggregation='seq_mean', **POP)(logp, torch.zeros(2, 3), R10, 2, mask=mask)
     _close(tok['loss'], (-3 + 1) / 4)  # mean over the 4 valid tokens
     _close(seq['loss'], (-1 + 1) / 2)  # mean of the sequence means
     _close(tok['ratio_mean'], 1.0)

@@ -21,11 +21,13 @@ def rank_weighted_reward_loss(weights: Tensor, scores: Tensor) -> Tensor:
     return -(weights * scores).mean()
 
 
-def soft_code_latents(topk_logits: Tensor, topk_indices: Tensor, codebook: Tensor) -> Tensor:
-    """LASC's soft latent: sum_k softmax(top-k logits)_k e_k over unit-norm codebook rows (the
-    release sums unnormalised rows), as a (n, C, h, w) grid for the decoder."""
+def soft_code_latents(topk_logits: Tensor, topk_indices: Tensor, codebook: Tensor,
+                      normalize: bool = True) -> Tensor:
+    """LASC's soft latent: sum_k softmax(top-k logits)_k e_k, as a (n, C, h, w) grid for the
+    decoder. ``normalize``: mix unit-norm codebook rows (what an l2-normalised quantizer decodes);
+    False mixes the stored rows, as the release does."""
     probs = topk_logits.float().softmax(-1)
-    rows = F.normalize(codebook, dim=-1)
+    rows = F.normalize(codebook, dim=-1) if normalize else codebook
     soft = (probs.unsqueeze(-1) * rows[topk_indices]).sum(-2)  # (n, L, C)
     side = math.isqrt(soft.shape[1])
     return soft.transpose(1, 2).reshape(soft.shape[0], -1, side, side)

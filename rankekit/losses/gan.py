@@ -13,8 +13,12 @@ from torch import Tensor
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
-    """Discriminator hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
-    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+    """VQGAN's discriminator hinge loss: 0.5 * (mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))).
+
+    The 0.5 is taming-transformers' and LlamaGen's (and so the RankE release's): with their disc
+    factor 0.5 the discriminator's loss is 0.25 x the two hinge terms.
+    """
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
 def adaptive_gan_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor,

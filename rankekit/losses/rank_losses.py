@@ -19,10 +19,13 @@ from torch import Tensor, nn
 
 from rankekit.registry import RANK_LOSSES
 
-__all__ = ['group_advantages', 'BaseRankLoss', 'GRPOLoss', 'ListwiseRankLoss',
+__all__ = ['STD_ESTIMATORS', 'group_advantages', 'BaseRankLoss', 'GRPOLoss', 'ListwiseRankLoss',
            'PairwiseRankLoss']
 
 _SCALES = ('group', 'batch', 'none')
+#: the std estimator of the advantages: 'unbiased' divides by G - 1 (torch's default, what the
+#: RankE release runs), 'population' by G
+STD_ESTIMATORS = ('unbiased', 'population')
 
 
 def _check_group_size(n: int, group_size, who: str) -> int:
@@ -37,12 +40,14 @@ def _check_group_size(n: int, group_size, who: str) -> int:
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = 'group',
-                     std_eps: float = 1e-4, clamp: float | None = 5.0) -> tuple[Tensor, Tensor]:
+                     std_eps: float = 1e-4, clamp: float | None = 5.0,
+                     std: str = 'unbiased') -> tuple[Tensor, Tensor]:
     """Group-relative advantages of GRPO.
 
-    ``A_i = (r_i - mean_g) / std_g`` with the population std (``unbiased=False``, divide by G) of
-    the rollout's own group g ('group', released); 'batch' divides by the population std of all N
-    rewards (the mean is still per group); 'none' only subtracts the group mean.
+    ``A_i = (r_i - mean_g) / std_g`` with the std of the rollout's own group g ('group', released);
+    'batch' divides by the std of all N rewards (the mean is still per group); 'none' only
+    subtracts the group mean. ``std`` is the estimator: 'unbiased' (divide by G - 1, as the RankE
+    release computes it) or 'population' (divide by G; advantages sqrt((G-1)/G) as large).
 
     A group whose std is below ``std_eps`` carries no ranking signal: its advantages are 0 in every
     mode (released threshold 1e-4; near-zero rewards such as products of probabilities want a
@@ -56,15 +61,20 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = 'group',
         raise ValueError(f'group_advantages: scale must be one of {_SCALES}, got {scale!r}')
     if rewards.dim() != 1:
         raise ValueError(f'group_advantages: rewards must be (N,), got {tuple(rewards.shape)}')
+    if std not in STD_ESTIMATORS:
+        raise ValueError(f'group_advantages: std must be one of {STD_ESTIMATORS}, got {std!r}')
     group_size = _check_group_size(len(rewards), group_size, 'group_advantages')
-    r = rewards.detach().float().view(-1, group_size)
-    mean, std = r.mean(1, keepdim=True), r.std(1, unbiased=False, keepdim=True)
-    flat = std < std_eps  # (B, 1): groups with (nearly) tied rewards
+    unbiased = std == 'unbiased'
+    # at least fp32 (a float64 run keeps its precision)
+    r = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
+    r = r.view(-1, group_size)
+    mean, group_std = r.mean(1, keepdim=True), r.std(1, unbiased=unbiased, keepdim=True)
+    flat = group_std < std_eps  # (B, 1): groups with (nearly) tied rewards
     adv = r - mean
     if scale == 'group':
-        adv = adv / std.clamp_min(std_eps)
+        adv = adv / group_std.clamp_min(std_eps)
     elif scale == 'batch':
-        batch_std = r.std(unbiased=False)
+        batch_std = r.std(unbiased=unbiased)
         adv = adv / batch_std.clamp_min(std_eps) if batch_std >= std_eps else torch.zeros_like(adv)
     adv = adv.masked_fill(flat, 0.0).flatten()
     if clamp is not None:
@@ -146,7 +156,8 @@ class GRPOLoss(BaseRankLoss):
 
     Args:
         clip_eps: lower (and, by default, upper) clip range eps.
-        scale / std_eps / adv_clamp: see :func:`group_advantages`.
+        scale / std_eps / adv_clamp / std: see :func:`group_advantages` (``std='unbiased'``
+            as released; 'population' is what rankekit used before 2026-12).
         aggregation: 'token_mean' or 'seq_mean'.
         clip_eps_high: upper clip range ("clip-higher"); None -> ``clip_eps``.
 
@@ -168,8 +179,11 @@ class GRPOLoss(BaseRankLoss):
 
     def __init__(self, clip_eps: float = 0.2, scale: str = 'group', std_eps: float = 1e-4,
                  adv_clamp: float | None = 5.0, aggregation: str = 'token_mean',
-                 clip_eps_high: float | None = None):
+                 clip_eps_high: float | None = None, std: str = 'unbiased'):
         super().__init__()
+        if std not in STD_ESTIMATORS:
+            raise ValueError(f'GRPOLoss: std must be one of {STD_ESTIMATORS} (unbiased: / (G-1), '
+                             f'as released; population: / G), got {std!r}')
         if scale not in _SCALES:
             raise ValueError(f'GRPOLoss: scale must be one of {_SCALES}, got {scale!r}')
         if aggregation not in ('token_mean', 'seq_mean'):
@@ -180,13 +194,13 @@ class GRPOLoss(BaseRankLoss):
                              f'clip_eps={clip_eps}, clip_eps_high={clip_eps_high}')
         self.clip_eps, self.clip_eps_high = clip_eps, clip_eps_high
         self.scale, self.std_eps, self.adv_clamp = scale, std_eps, adv_clamp
-        self.aggregation = aggregation
+        self.aggregation, self.std = aggregation, std
 
     def forward(self, logp: Tensor, logp_old: Tensor, rewards: Tensor, group_size: int,
                 logp_ref: Tensor | None = None, mask: Tensor | None = None) -> dict:
         group_size, mask = self._check(logp, logp_old, rewards, group_size, logp_ref, mask)
         adv, frac_zero_std = group_advantages(rewards, group_size, self.scale, self.std_eps,
-                                              self.adv_clamp)
+                                              self.adv_clamp, self.std)
         adv = adv.to(logp.device)[:, None]
         log_ratio = logp.float() - logp_old.detach().float()
         ratio = log_ratio.exp()

@@ -25,7 +25,9 @@ def _grouped(rewards: Tensor, group_size, who: str) -> Tensor:
     if len(rewards) % group_size:
         raise ValueError(f'{who}: {len(rewards)} rollouts do not split into groups of '
                          f'group_size={group_size}; N must be B * group_size, ordered group-major')
-    return rewards.detach().float().view(-1, int(group_size))
+    # at least fp32 (a float64 run keeps its precision)
+    rewards = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
+    return rewards.view(-1, int(group_size))
 
 
 @RANK_WEIGHTS.register_module()
@@ -46,15 +48,20 @@ class TopKSoftmaxWeights(nn.Module):
     Args:
         top_k: rollouts kept per group (1 <= top_k <= group_size, checked at call time).
         tau: softmax temperature (> 0).
+        mean_eps: the weights are divided by (their mean over the batch + mean_eps); the release
+            adds 1e-8 (a relative difference of top_k x 1e-8), 0 divides by the exact mean.
     """
 
     info_example = dict(type='TopKSoftmaxWeights', top_k=2, tau=1.0)
 
-    def __init__(self, top_k: int = 1, tau: float = 1.0):
+    def __init__(self, top_k: int = 1, tau: float = 1.0, mean_eps: float = 0.0):
         super().__init__()
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
             raise ValueError(f'TopKSoftmaxWeights: top_k must be an int >= 1, got {top_k!r}')
-        self.top_k, self.tau = int(top_k), tau
+        if not (isinstance(mean_eps, numbers.Real) and 0 <= mean_eps < 1e-3):
+            raise ValueError(f'TopKSoftmaxWeights: mean_eps must be a small number >= 0 (the '
+                             f'release uses 1e-8), got {mean_eps!r}')
+        self.top_k, self.tau, self.mean_eps = int(top_k), tau, float(mean_eps)
         self._check_tau()
 
     def _check_tau(self) -> None:
@@ -81,7 +88,11 @@ class TopKSoftmaxWeights(nn.Module):
         """(N,) weights, 0 outside each group's top-K, mean 1 over the kept ones."""
         self._check_tau()
         r, idx = self._top_indices(rewards, group_size)
-        kept = torch.softmax(r.gather(1, idx) / self.tau, dim=1) * self.top_k
+        kept = torch.softmax(r.gather(1, idx) / self.tau, dim=1)
+        if self.mean_eps:  # the release's (mean + eps); each group's softmax has mean 1 / top_k
+            kept = kept / (kept.mean() + self.mean_eps)
+        else:
+            kept = kept * self.top_k
         return torch.zeros_like(r).scatter_(1, idx, kept).flatten()
 
     def extra_repr(self) -> str:

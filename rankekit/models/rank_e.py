@@ -130,14 +130,21 @@ class RankEModel(BaseModel):
             'conditional' (as released: the conditional logits, no CFG, temperature 1, no top-k)
             or 'sampler' (the one the rollout was drawn from: CFG-combined with the rollout's
             cfg_scale / cfg_first_n, then temperature, top-k, top-p), so that the PPO ratio and
-            the KL anchor estimate what they claim; it costs a second (unconditional) pass.
+            the KL anchor estimate what they claim; it costs a second (unconditional) pass;
+            caption_attention ('causal', the sampler's mask; 'bidirectional', the release's
+            log-prob mask over the caption block).
         decoder_cfg: ema_decay; l1/perceptual/recon weights; gan_weight with
-            adaptive_gan_weight; disc_weight, disc_start (decoder steps before the adversarial
-            terms start); rank_gan_weight; reward_weight (reward backprop, differentiable
-            rewards only); disc_sees_policy (also show policy decodes to the discriminator as
-            fakes; the release never does); policy_decode ('selected': decode only rollouts
-            with a non-zero rank weight, 'all'); lasc_weight, lasc_top_k; grad_checkpointing
-            (the same for the blocks of the online decoder).
+            adaptive_gan_weight; disc_weight (x VQGAN's halved hinge: 0.5 -> the release's
+            0.25), disc_start (decoder steps before the adversarial terms start);
+            rank_gan_weight; reward_weight (reward backprop, differentiable rewards only);
+            disc_sees_policy (also show policy decodes to the discriminator as fakes; the
+            release never does); clamp_policy_decodes (policy decodes and EMA targets clamped
+            to [-1, 1] before every term on policy tokens, as released); policy_decode
+            ('selected': decode only rollouts with a non-zero rank weight, 'all'); lasc_weight,
+            lasc_top_k, lasc_codebook ('normalized' | 'raw', the release's), lasc_logits
+            ('conditional', as released | 'sampler'); grad_checkpointing
+            (the same for the blocks of the online decoder). Every setting where rankekit and
+            the release may differ: :mod:`rankekit.models.release` (``rankekit info release``).
         safety: max_consecutive_skips before the run stops with :class:`NonFiniteError`.
         precision: 'fp32' (default) or 'bf16': bf16 autocast of every forward pass (rollout
             sampling, EMA/reference log-probs and decodes, rewards, both phases); weights,
@@ -299,6 +306,13 @@ class RankEModel(BaseModel):
         with recompute_in_backward(getattr(parts['decoder'], 'blocks', ()), recompute):
             return parts['decoder'](parts['post_quant_conv'](quant))
 
+    def _policy_decode(self, codes: Tensor, which: str) -> Tensor:
+        """A decode of policy tokens for the decoder terms: clamped to [-1, 1] as released
+        (``decoder_cfg.clamp_policy_decodes``), so out-of-range pixels neither count nor get a
+        gradient."""
+        images = self.decode(codes, which)
+        return images.clamp(-1.0, 1.0) if self.decoder_cfg.clamp_policy_decodes else images
+
     @property
     def _decoder_dtype(self) -> torch.dtype:
         return next(self.tokenizer.decoder_parameters()).dtype
@@ -423,6 +437,7 @@ class RankEModel(BaseModel):
         cond, mask = self.encode_prompts(prompts)
         cond, mask = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
         want_topk = self.decoder_cfg.lasc_weight > 0 and self.phases['decoder']
+        sampler_topk = want_topk and self.decoder_cfg.lasc_logits == 'sampler'
         # the uniforms of the GLOBAL batch (rank 0's rows first) from the generator every rank
         # shares; this rank draws with its rows: tokens do not depend on how ranks split a batch
         self._rollout_generator.set_state(self.rollout_rng_state.cpu())
@@ -436,14 +451,18 @@ class RankEModel(BaseModel):
                 cfg_first_n=self.rollout_cfg.cfg_first_n,
                 temperature=self.rollout_cfg.temperature, top_k=self.rollout_cfg.top_k,
                 top_p=self.rollout_cfg.top_p, uniforms=uniforms[start:stop],
-                return_topk_logits=self.decoder_cfg.lasc_top_k if want_topk else 0)
+                return_topk_logits=self.decoder_cfg.lasc_top_k if sampler_topk else 0)
+            topk_logits, topk_indices = out.topk_logits, out.topk_indices
+            if want_topk and not sampler_topk:  # the conditional teacher-forced logits
+                topk_logits, topk_indices = self._conditional_logits(cond, mask, out.tokens).topk(
+                    self.decoder_cfg.lasc_top_k, dim=-1)
             images = self.decode(out.tokens, self.rollout_cfg.decode_with)
             rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
                                               group_size=G)
         self.rollout_rng_state.copy_(self._rollout_generator.get_state())
         return Rollout(cond=cond, mask=mask, tokens=out.tokens, prompts=group_prompts,
                        images=images, rewards=rewards, raw_rewards=raw, group_size=G,
-                       topk_logits=out.topk_logits, topk_indices=out.topk_indices)
+                       topk_logits=topk_logits, topk_indices=topk_indices)
 
     def _reward_logs(self, ro: Rollout) -> dict:
         logs = {}
@@ -454,7 +473,8 @@ class RankEModel(BaseModel):
         logs['reward/mean'] = ro.rewards.mean()
         logs['reward/std'] = ro.rewards.std(unbiased=False)
         eps = getattr(self.rank_loss, 'std_eps', 1e-4)
-        logs['reward/frac_zero_std'] = (grouped.std(-1, unbiased=False) < eps).float().mean()
+        unbiased = getattr(self.rank_loss, 'std', 'population') == 'unbiased'  # the loss's flatness
+        logs['reward/frac_zero_std'] = (grouped.std(-1, unbiased=unbiased) < eps).float().mean()
         return logs
 
     # ----------------------------------------------------------------------------- phases
@@ -462,9 +482,20 @@ class RankEModel(BaseModel):
         """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
         released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
         if self.policy_cfg.logprobs == 'conditional':
-            return policy.log_probs(ro.cond, ro.mask, ro.tokens)
+            if self.policy_cfg.caption_attention == 'causal':
+                return policy.log_probs(ro.cond, ro.mask, ro.tokens)
+            return policy.log_probs(ro.cond, ro.mask, ro.tokens,
+                                    caption_attention=self.policy_cfg.caption_attention)
         return policy.sampler_log_probs(ro.cond, ro.mask, ro.tokens,
                                         **self.rollout_cfg.sampling())
+
+    def _conditional_logits(self, cond: Tensor, mask: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced conditional logits (N, L, V) of the online policy, with the caption
+        mask the log-probs use (``policy_cfg.caption_attention``)."""
+        if self.policy_cfg.caption_attention == 'causal':
+            return self.policy(cond, mask, tokens)
+        return self.policy(cond, mask, tokens,
+                           caption_attention=self.policy_cfg.caption_attention)
 
     def policy_step(self, ro: Rollout, wrapper) -> dict:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times; returns its logs."""
@@ -569,7 +600,7 @@ class RankEModel(BaseModel):
             fakes = [recon.detach()]
             if cfg.disc_sees_policy:
                 with torch.no_grad(), self._autocast():
-                    fakes.append(self.decode(ro.tokens[chosen], 'online'))
+                    fakes.append(self._policy_decode(ro.tokens[chosen], 'online'))
             logs.update(self.discriminator_step(real, torch.cat(fakes),
                                                 optim_wrapper['discriminator']))
 
@@ -611,7 +642,7 @@ class RankEModel(BaseModel):
         logs: dict = {}
         cfg = self.decoder_cfg
         tokens = ro.tokens[chosen]
-        images = self.decode(tokens, 'online')
+        images = self._policy_decode(tokens, 'online')
         total = images.new_zeros(())
         if adversarial and cfg.rank_gan_weight > 0:
             rank_gan = rank_weighted_gan_loss(w, self.discriminator(images))
@@ -637,9 +668,11 @@ class RankEModel(BaseModel):
                 with torch.no_grad():
                     if anchor.reference == 'ema' and self.rollout_cfg.decode_with == 'ema':
                         reference = ro.images[chosen]  # already decoded by the EMA decoder
+                        if cfg.clamp_policy_decodes:
+                            reference = reference.clamp(-1.0, 1.0)
                     else:
                         which = 'ema' if anchor.reference == 'ema' else 'base'
-                        reference = self.decode(tokens, which)
+                        reference = self._policy_decode(tokens, which)
                 penalty = anchor(images, reference, kind='decoder', perceptual=self.perceptual)
             total = total + anchor.weight * penalty
             logs['decoder/anchor'] = penalty.detach()
@@ -652,7 +685,8 @@ class RankEModel(BaseModel):
     def _lasc(self, ro: Rollout, chosen: Tensor, hard_images: Tensor) -> Tensor:
         """LASC: decode the soft latent of the top-k logits, match the hard decode."""
         soft = soft_code_latents(ro.topk_logits[chosen], ro.topk_indices[chosen],
-                                 self.tokenizer.quantize.embedding.weight)
+                                 self.tokenizer.quantize.embedding.weight,
+                                 normalize=self.decoder_cfg.lasc_codebook == 'normalized')
         parts = self.tokenizer.decoder_modules()
         return lasc_loss(parts['decoder'](parts['post_quant_conv'](soft)), hard_images)
 

@@ -19,6 +19,12 @@ DECODE_WITH = ('online', 'ema', 'base')
 POLICY_DECODE = ('selected', 'all')
 #: the distribution logp, logp_old and logp_ref are taken under
 LOGPROBS = ('conditional', 'sampler')
+#: how the caption block attends to itself when the log-probs are taken
+CAPTION_ATTENTION = ('causal', 'bidirectional')
+#: the codebook rows LASC's soft latent mixes
+LASC_CODEBOOK = ('normalized', 'raw')
+#: the logits LASC's soft latent is the top-k softmax of
+LASC_LOGITS = ('conditional', 'sampler')
 
 
 class Settings:
@@ -121,6 +127,11 @@ class PolicyCfg(Settings):
     released: conditional logits, no CFG, temperature 1, no top-k) or 'sampler' (the one the
     rollout was drawn from: CFG-combined, temperature, top-k, top-p), so that the PPO ratio and
     the KL anchor estimate what they claim; it costs a second (unconditional) pass."""
+    caption_attention: str = 'causal'
+    """The attention mask of the caption block when log-probs are taken: 'causal' (the
+    sampler's own mask, so the log-probs are those of the policy that drew the tokens) or
+    'bidirectional' (the release's: every caption position sees the whole caption; the ratio is
+    then not exactly 1 before the first update)."""
 
     def check(self, where: str = 'model') -> None:
         p = f'{where}.policy_cfg'
@@ -130,6 +141,12 @@ class PolicyCfg(Settings):
         check_int(self.ema_interval, f'{p}.ema_interval', low=1)
         check_bool(self.grad_checkpointing, f'{p}.grad_checkpointing')
         check_choice(self.logprobs, f'{p}.logprobs', LOGPROBS)
+        check_choice(self.caption_attention, f'{p}.caption_attention', CAPTION_ATTENTION)
+        if self.caption_attention != 'causal' and self.logprobs == 'sampler':
+            raise ValueError(f"{p}.caption_attention='{self.caption_attention}' describes the "
+                             f"release's conditional log-probs; with logprobs='sampler' the "
+                             f"sampler's own (causal) mask is the one that drew the tokens: use "
+                             f"caption_attention='causal'")
 
 
 @dataclass
@@ -149,6 +166,8 @@ class DecoderCfg(Settings):
     """Scale the GAN term by the ratio of the reconstruction and GAN gradient norms at the
     decoder's last layer (VQGAN's adaptive weight)."""
     disc_weight: float = 0.5
+    """The discriminator's loss: this x VQGAN's halved hinge (0.5 x 0.5 = 0.25 x the two hinge
+    terms, as released; 1.0 is rankekit's scale before 2026-12)."""
     disc_start: int = 100
     """Decoder steps before the adversarial terms start."""
     rank_gan_weight: float = 0.5
@@ -157,10 +176,22 @@ class DecoderCfg(Settings):
     """Rank-weighted reward backprop through the decoder (differentiable rewards only)."""
     disc_sees_policy: bool = False
     """Also show policy decodes to the discriminator as fakes (the release never does)."""
+    clamp_policy_decodes: bool = True
+    """Clamp the online decode of policy tokens and the EMA decoder's target to [-1, 1] before
+    every decoder term on policy tokens (rank-GAN, EMA consistency, reward, LASC's target), as the
+    release does; clamped pixels then give no gradient. False: only the reward sees clamped
+    images (rankekit before 2026-12)."""
     policy_decode: str = 'selected'
     """'selected': decode only rollouts with a non-zero rank weight; 'all'."""
     lasc_weight: float = 0.0
     lasc_top_k: int = 20
+    lasc_codebook: str = 'normalized'
+    """The codebook rows LASC's soft latent mixes: 'normalized' (unit rows, the ones the
+    tokenizer's l2-normalised quantizer decodes) or 'raw' (the stored rows, as released)."""
+    lasc_logits: str = 'conditional'
+    """The logits whose top-k softmax weights LASC's rows: 'conditional' (the policy's
+    teacher-forced conditional logits at rollout time, as released) or 'sampler' (the
+    CFG-combined logits the rollout was drawn from)."""
     grad_checkpointing: bool = False
     """Recompute the online decoder's blocks in the backward pass."""
 
@@ -172,11 +203,14 @@ class DecoderCfg(Settings):
                      'disc_weight', 'rank_gan_weight', 'reward_weight', 'lasc_weight'):
             check_number(getattr(self, name), f'{d}.{name}', low=0.0,
                          why=' (0 turns the term off)')
-        for name in ('adaptive_gan_weight', 'disc_sees_policy', 'grad_checkpointing'):
+        for name in ('adaptive_gan_weight', 'disc_sees_policy', 'clamp_policy_decodes',
+                     'grad_checkpointing'):
             check_bool(getattr(self, name), f'{d}.{name}')
         check_int(self.disc_start, f'{d}.disc_start', low=0)
         check_choice(self.policy_decode, f'{d}.policy_decode', POLICY_DECODE)
         check_int(self.lasc_top_k, f'{d}.lasc_top_k', low=1)
+        check_choice(self.lasc_codebook, f'{d}.lasc_codebook', LASC_CODEBOOK)
+        check_choice(self.lasc_logits, f'{d}.lasc_logits', LASC_LOGITS)
 
 
 @dataclass
@@ -230,4 +264,6 @@ def settings_from_config(cfg: dict, where: str = 'model') -> dict[str, Settings]
 
 
 __all__ = ['Settings', 'RolloutCfg', 'PolicyCfg', 'DecoderCfg', 'SafetyCfg', 'LoraCfg', 'SETTINGS',
-           'DECODE_WITH', 'POLICY_DECODE', 'LOGPROBS', 'settings_from_config']
+           'DECODE_WITH', 'POLICY_DECODE', 'LOGPROBS', 'CAPTION_ATTENTION', 'LASC_CODEBOOK',
+           'LASC_LOGITS',
+           'settings_from_config']

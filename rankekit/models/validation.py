@@ -70,6 +70,14 @@ def check_built_model(model, where: str = 'model') -> None:
         raise ValueError(f"{where}.policy_cfg.logprobs='sampler' needs "
                          f'{type(model.policy).__name__}.sampler_log_probs (LlamaGenGPT and '
                          f"JanusProPolicy have it); use logprobs='conditional'")
+    if model.policy_cfg.caption_attention != 'causal':
+        import inspect
+        if 'caption_attention' not in inspect.signature(model.policy.log_probs).parameters:
+            raise ValueError(f"{where}.policy_cfg.caption_attention="
+                             f"'{model.policy_cfg.caption_attention}' needs "
+                             f'{type(model.policy).__name__}.log_probs to take a caption_attention '
+                             f"argument (LlamaGenGPT does: it is the LlamaGen release's log-prob "
+                             f"mask); use caption_attention='causal'")
     if model.lora_cfg is not None:
         anchor = model.policy_anchor
         if anchor is not None and getattr(anchor, 'uses', 'outputs') == 'params':

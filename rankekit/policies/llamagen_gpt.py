@@ -351,18 +351,27 @@ class LlamaGenGPT(nn.Module):
         return self.cls_embedding.uncond_embedding[:num_tokens]
 
     @staticmethod
-    def attention_mask(cond_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """(B, 1, S, S) bool: causal, caption pad columns masked, diagonal forced on.
+    def attention_mask(cond_mask: torch.Tensor, seq_len: int,
+                       caption_attention: str = 'causal') -> torch.Tensor:
+        """(B, 1, S, S) bool attention mask, caption pad columns masked.
 
-        This is both LlamaGen's training mask (dataset/t2i.py) and its generate() mask.
+        'causal': causal everywhere, diagonal forced on; both LlamaGen's training mask
+        (dataset/t2i.py) and its generate() mask. 'bidirectional': the RankE release's log-prob
+        mask: the caption block attends to all of itself, causal elsewhere, no forced diagonal.
         """
+        if caption_attention not in ('causal', 'bidirectional'):
+            raise ValueError("caption_attention must be 'causal' or 'bidirectional', got "
+                             f'{caption_attention!r}')
         B, T = cond_mask.shape
         device = cond_mask.device
         keys_ok = torch.ones(B, seq_len, dtype=torch.bool, device=device)
         keys_ok[:, :T] = cond_mask.bool()
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+        allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+        if caption_attention == 'bidirectional':
+            allowed[:T, :T] = True
+            return (allowed & keys_ok[:, None, :])[:, None]
         eye = torch.eye(seq_len, dtype=torch.bool, device=device)
-        return ((causal & keys_ok[:, None, :]) | eye)[:, None]
+        return ((allowed & keys_ok[:, None, :]) | eye)[:, None]
 
     def _hidden(self, cond, cond_mask, tokens, drop_caption=False, mask=None,
                 stochastic=False) -> torch.Tensor:
@@ -392,29 +401,42 @@ class LlamaGenGPT(nn.Module):
 
     # ------------------------------------------------------------------ training / scoring
     def forward(self, cond: torch.Tensor, cond_mask: torch.Tensor, tokens: torch.Tensor,
-                drop_caption: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+                drop_caption: bool = False, mask: torch.Tensor | None = None,
+                caption_attention: str = 'causal') -> torch.Tensor:
         """Teacher forcing: logits (B, L, V) with ``logits[:, i]`` predicting ``tokens[:, i]``.
 
         Dropout / drop-path follow ``self.training``. ``drop_caption`` replaces each row's caption
         by the null caption with probability ``class_dropout_prob`` (pretraining for CFG).
-        ``mask`` overrides the attention mask ((B, 1, S, S) bool, S = T + L - 1).
+        ``mask`` overrides the attention mask ((B, 1, S, S) bool, S = T + L - 1);
+        ``caption_attention='bidirectional'`` builds the release's (see :meth:`attention_mask`).
         """
+        if mask is None:
+            mask = self._caption_mask(cond, cond_mask, tokens, caption_attention)
         h = self._hidden(cond, cond_mask, tokens, drop_caption, mask, stochastic=self.training)
         return self.output(h).float()
 
+    def _caption_mask(self, cond, cond_mask, tokens, caption_attention: str):
+        """None (the default causal mask) or the mask ``caption_attention`` names."""
+        if caption_attention == 'causal':
+            return None
+        _, padded = self.prepare_caption(cond, cond_mask)
+        return self.attention_mask(padded, padded.shape[1] + tokens.shape[1] - 1,
+                                   caption_attention)
+
     def log_probs(self, cond: torch.Tensor, cond_mask: torch.Tensor,
-                  tokens: torch.Tensor) -> torch.Tensor:
+                  tokens: torch.Tensor, caption_attention: str = 'causal') -> torch.Tensor:
         """Per-token log-probs (B, L) of ``tokens``: conditional only, no CFG, no dropout.
 
-        The attention mask is the sampler's (causal, caption pad columns masked, diagonal on),
-        which is also LlamaGen's own training mask. The RankE release instead scores rollouts with
-        a bidirectional mask over the caption block; the caption then reads differently from how
-        the sampler read it, so logp_old/logp_new/logp_ref are not the log-probs of the policy
-        that drew the tokens and the PPO ratio is off even before any update. Using the sampler's
-        mask keeps ``log_probs(sample().tokens) == sample().logprobs`` at cfg 1, temperature 1.
-        Dropout is never applied here, whatever the module mode, for the same reason.
+        By default the attention mask is the sampler's (causal, caption pad columns masked,
+        diagonal on), which is also LlamaGen's own training mask, so that
+        ``log_probs(sample().tokens) == sample().logprobs`` at cfg 1, temperature 1. The RankE
+        release scores rollouts with a bidirectional mask over the caption block
+        (``caption_attention='bidirectional'``): the caption then reads differently from how the
+        sampler read it, so logp_old/logp_new/logp_ref are not the log-probs of the policy that
+        drew the tokens. Dropout is never applied here, whatever the module mode.
         """
-        h = self._hidden(cond, cond_mask, tokens, stochastic=False)
+        mask = self._caption_mask(cond, cond_mask, tokens, caption_attention)
+        h = self._hidden(cond, cond_mask, tokens, mask=mask, stochastic=False)
         return token_logprobs(self.output(h), tokens)
 
     def sampler_log_probs(self, cond: torch.Tensor, cond_mask: torch.Tensor,

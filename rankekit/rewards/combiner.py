@@ -97,7 +97,7 @@ class RewardCombiner(nn.Module):
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(f"reward '{reward.name}' returned {shape} for {len(prompts)} images; "
                              'a reward must return a tensor of shape (N,)')
-        return scores.float()
+        return scores.to(torch.promote_types(scores.dtype, torch.float32))  # at least fp32
 
     def _normalize(self, raw: Tensor, group_size: int, update: bool) -> Tensor:
         """raw: (K, N) -> normalized (K, N); statistics are treated as constants."""

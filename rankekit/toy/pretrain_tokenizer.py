@@ -84,8 +84,9 @@ class VQPretrainModel(BaseModel):
             one, ``train_step`` is GAN-style and needs an ``OptimWrapperDict`` with the parts
             ``tokenizer`` and ``discriminator`` (``MultiOptimWrapperConstructor``).
         gan_weight / disc_weight / disc_start: generator hinge-loss weight (times the adaptive
-            VQGAN balance when ``adaptive_gan_weight``), discriminator-loss weight, and the
-            iteration the adversarial terms start at.
+            VQGAN balance when ``adaptive_gan_weight``), discriminator-loss weight (times VQGAN's
+            halved hinge, :func:`~rankekit.losses.gan.hinge_d_loss`), and the iteration the
+            adversarial terms start at.
         train_parts: 'all' (encoder, codebook and decoder) or 'decoder' (decoder and
             post_quant_conv only, as RankE trains them; the codes never change).
     """
@@ -105,7 +106,7 @@ class VQPretrainModel(BaseModel):
                  latent_buffer_size: int = 8192, seed: int = 0,
                  perceptual_loss: dict | None = None, perceptual_weight: float = 1.0,
                  discriminator: dict | None = None, gan_weight: float = 0.5,
-                 disc_weight: float = 0.5, disc_start: int = 0,
+                 disc_weight: float = 1.0, disc_start: int = 0,
                  adaptive_gan_weight: bool = True, train_parts: str = 'all',
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)

@@ -8,4 +8,6 @@ model = dict(
     perceptual_loss=dict(type='ToyPerceptualLoss', net={{_base_.toy_reward_classifier}}),
     perceptual_weight=1.0,
     discriminator={{_base_.toy_discriminator}},
-    gan_weight=0.5, disc_weight=0.5, disc_start=200, adaptive_gan_weight=True)
+    # disc_weight 1.0 x the halved hinge: the 0.5 x (unhalved hinge) the shipped assets were
+    # trained with, bit for bit
+    gan_weight=0.5, disc_weight=1.0, disc_start=200, adaptive_gan_weight=True)
