@@ -107,3 +107,23 @@ def test_run_study_fails_a_posthoc_run_whose_source_failed(tmp_path):
     assert 'FAILED posthoc_decoder seed 0: its source grpo_toy seed 0 failed' in log
     assert 'posthoc_decoder/seed0' not in dirs  # never trained, and nothing else stopped
     assert 'posthoc_decoder/seed1' in dirs and dirs[-1] == 'disc_sees_policy/seed0'
+
+
+def test_study_4_trains_its_registered_runs_in_order(tmp_path):
+    root, archive = tmp_path / 'root', tmp_path / 'archive'
+    proc, calls = _run_study(tmp_path, archived=[], args=[str(root), '1', str(archive), '4'])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dirs = [str(Path(t.split()[t.split().index('--work-dir') + 1]).relative_to(root))
+            for t in calls.read_text().splitlines() if t.startswith('tools/train.py')]
+    released = [f'{n}/seed{s}' for s in range(3)
+                for n in ('grpo_toy', 'anchor_ema', 'decoder_recon_only', 'posthoc_decoder')]
+    decomposition = [f'{n}/seed{s}' for s in range(3)
+                     for n in ('anchor_ema_no_clamp', 'anchor_ema_study3_disc')]
+    assert dirs == released + decomposition + ['anchor_ema_study3/seed0']
+    for name in ('anchor_ema_no_clamp', 'anchor_ema_study3_disc', 'anchor_ema_study3'):
+        assert (REPO / 'configs' / 'study' / f'{name}.py').is_file()
+
+
+def test_unknown_study_is_refused(tmp_path):
+    proc, _ = _run_study(tmp_path, archived=[], args=[str(tmp_path / 'r'), '1', '', '5'])
+    assert proc.returncode == 2 and 'STUDY (4th argument) must be 3 or 4' in proc.stderr

@@ -5,7 +5,10 @@
 # and 400: seed 0). Finished runs (a test_iter_600/metrics.json) are skipped and interrupted
 # ones resume from their newest complete checkpoint, so the script can be re-run after a stop.
 #
-#   bash tools/analysis/run_study.sh [ROOT=work_dirs/study2] [WORKERS=2] [ARCHIVE]
+#   bash tools/analysis/run_study.sh [ROOT=work_dirs/study2] [WORKERS=2] [ARCHIVE] [STUDY=3]
+#
+# STUDY picks the registered job list: 3 (studies 2 and 3: both regimes, then the ablations) or
+# 4 (study 4, release-exact: the released regime, then the D2 / D3 decomposition).
 #
 # ARCHIVE (e.g. the main checkout's docs/study2_runs, written by archive_runs.py): runs finished
 # there are skipped too, and so are the runs listed in ARCHIVE/FINISHED ("name seed" lines:
@@ -22,6 +25,7 @@ cd "$(dirname "$0")/../.."
 ROOT=${1:-work_dirs/study2}
 WORKERS=${2:-2}
 ARCHIVE=${3:-}
+STUDY=${4:-3}
 ITERS=600
 # paths are taken from the repository root (the cd above)
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || {
@@ -32,11 +36,30 @@ ITERS=600
   echo "run_study.sh: ARCHIVE (3rd argument) '$ARCHIVE' is not a directory under $(pwd):" \
        "give the folder archive_runs.py writes (e.g. docs/study3_runs) or leave it out" >&2
   exit 2; }
+[[ $STUDY == 3 || $STUDY == 4 ]] || {
+  echo "run_study.sh: STUDY (4th argument) must be 3 or 4, got '$STUDY'" >&2; exit 2; }
 mkdir -p "$ROOT"
 
-# name config seed: released regime (seeds 0, 1, 2), then drift-prone, then the ablations
 jobs=()
+if [ "$STUDY" == 4 ]; then
+  # name config seed: the released regime (seeds 0, 1, 2), then the decomposition (RankE with
+  # only D2 or only D3 reverted, seeds 0, 1, 2), then RankE with all three reverted (seed 0:
+  # must give study 3's anchor_ema seed 0 again)
+  for seed in 0 1 2; do
+    jobs+=("grpo_toy configs/ranke/grpo_toy.py $seed"
+           "anchor_ema configs/ablation/anchor_ema.py $seed"
+           "decoder_recon_only configs/ablation/decoder_recon_only.py $seed"
+           "posthoc_decoder configs/study/posthoc_decoder.py $seed")
+  done
+  for seed in 0 1 2; do
+    jobs+=("anchor_ema_no_clamp configs/study/anchor_ema_no_clamp.py $seed"
+           "anchor_ema_study3_disc configs/study/anchor_ema_study3_disc.py $seed")
+  done
+  jobs+=("anchor_ema_study3 configs/study/anchor_ema_study3.py 0")
+fi
+# name config seed: released regime (seeds 0, 1, 2), then drift-prone, then the ablations
 for regime in "" _drift; do
+  [ "$STUDY" == 3 ] || break
   for seed in 0 1 2; do
     if [ -z "$regime" ]; then
       jobs+=("grpo_toy configs/ranke/grpo_toy.py $seed"
@@ -52,6 +75,7 @@ for regime in "" _drift; do
 done
 for cfg in anchor_kl anchor_l2 anchor_none loss_listwise loss_pairwise rank_uniform decoder_only \
            schedule_alternate disc_sees_policy; do
+  [ "$STUDY" == 3 ] || break
   jobs+=("$cfg configs/ablation/$cfg.py 0")
 done
 
