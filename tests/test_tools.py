@@ -385,23 +385,23 @@ def fake_runs(tmp_path):
     kl, l2 = dict(type='KL', weight=0.05), dict(type='L2', weight=1.0)
     test = dict(checkpoint_iter=20, results={'online:base': dict(mean={'fid/fid': 15.0})})
     runs = [
-        _fake_run(tmp_path, 'ranke_base', 0, kl, {'fid/fid': 10.0, 'clip_score/mean': 0.30,
+        _fake_run(tmp_path, 'ranke_base', 0, kl, {'fid/fid': 10.0, 'clip_heldout/mean': 0.30,
                                                   'lcs/kl': 0.5, 'other/x': 1.0},
                   [('12:00:00', '12:01:00')], test=test,
                   scalars=[[dict(iter=10, **{'reward/mean': 1.0}),
                             dict(iter=20, **{'reward/mean': 3.0})]]),
-        _fake_run(tmp_path, 'anchor_l2', 0, l2, {'fid/fid': 20.0, 'clip_score/mean': 0.40,
+        _fake_run(tmp_path, 'anchor_l2', 0, l2, {'fid/fid': 20.0, 'clip_heldout/mean': 0.40,
                                                  'lcs/kl': 1.0},
                   [('12:00:00', '12:00:30'), ('13:00:00', '13:00:30')]),
-        _fake_run(tmp_path, 'ranke_base', 1, kl, {'fid/fid': 12.0, 'clip_score/mean': 0.32,
+        _fake_run(tmp_path, 'ranke_base', 1, kl, {'fid/fid': 12.0, 'clip_heldout/mean': 0.32,
                                                   'lcs/kl': 0.7, 'other/x': 1.0},
                   [('12:00:00', '12:03:00')],
                   scalars=[[dict(iter=10, **{'reward/mean': 3.0}),
                             dict(iter=20, **{'reward/mean': 5.0}),
                             dict(iter=30, **{'reward/mean': 7.0})]]),
-        _fake_run(tmp_path, 'anchor_l2', 1, l2, {'fid/fid': 22.0, 'clip_score/mean': 0.41,
+        _fake_run(tmp_path, 'anchor_l2', 1, l2, {'fid/fid': 22.0, 'clip_heldout/mean': 0.41,
                                                  'lcs/kl': 1.1}, [('12:00:00', '12:02:00')]),
-        _fake_run(tmp_path, 'anchor_l2', 2, l2, {'fid/fid': 27.0, 'clip_score/mean': 0.45,
+        _fake_run(tmp_path, 'anchor_l2', 2, l2, {'fid/fid': 27.0, 'clip_heldout/mean': 0.45,
                                                  'lcs/kl': 1.5}, [('12:00:00', '12:03:00')]),
     ]
     return tmp_path, runs
@@ -415,7 +415,7 @@ def test_ablation_table_exact_markdown(fake_runs, tmp_path):
     # 1.414, l2 [0.5 + 0.5, 2, 3] -> 2 ± 1; the test.py FID of online:base only in one base run
     expected = (
         '| config | changes vs ranke_base | seeds | fid/fid | fid/fid [online:base] | '
-        'clip_score/mean | lcs/kl | wall time (min) |\n'
+        'clip_heldout/mean | lcs/kl | wall time (min) |\n'
         '|---|---|---|---:|---:|---:|---:|---:|\n'
         '| ranke_base | (same as base) | 2 | 11.0 ± 1.4 | 15 | 0.310 ± 0.014 | 0.60 ± 0.14 | '
         '2.0 ± 1.4 |\n'
@@ -433,7 +433,7 @@ def test_ablation_table_exact_markdown(fake_runs, tmp_path):
     groups = group_runs(runs, load_config(str(root / 'ranke_base.py')))
     every = ablation_table(groups, 'ranke_base', metrics=['all'], combos=['online:base'],
                            use_test=False)
-    assert every.splitlines()[0] == ('| config | changes vs ranke_base | seeds | clip_score/mean '
+    assert every.splitlines()[0] == ('| config | changes vs ranke_base | seeds | clip_heldout/mean '
                                      '| fid/fid | lcs/kl | other/x | wall time (min) |')
     assert every.splitlines()[3].split(' | ')[6] == '–'  # other/x: no anchor_l2 run has it
 
@@ -522,18 +522,18 @@ def test_ablation_compare_applies_the_registered_decision_rule(tmp_path, capsys)
             work_dirs.append(_fake_run(
                 tmp_path, name, seed, anchor, {}, [('12:00:00', '12:01:00')],
                 test=dict(checkpoint_iter=20, results={'online:ema': dict(
-                    mean={'fid/fid': fid, 'clip_score/mean': clip})})))
+                    mean={'fid/fid': fid, 'clip_heldout/mean': clip})})))
     base = tmp_path / 'test_base'
     base.mkdir()
-    per_seed = {str(i): {'fid/fid': v, 'clip_score/mean': 0.2}
+    per_seed = {str(i): {'fid/fid': v, 'clip_heldout/mean': 0.2}
                 for i, v in enumerate([30., 31., 32.])}
     (base / 'metrics.json').write_text(json.dumps(dict(
         config=str(tmp_path / 'ranke_base.py'), base=True, checkpoint_iter=0,
-        results={'base:base': dict(mean={'fid/fid': 31.0, 'clip_score/mean': 0.2},
+        results={'base:base': dict(mean={'fid/fid': 31.0, 'clip_heldout/mean': 0.2},
                                    per_seed=per_seed)})))
     args = [str(base), *map(str, work_dirs), '--base', str(tmp_path / 'ranke_base.py'),
             '--no-summary', '--metrics', 'fid/fid']
-    fid, clip = 'fid/fid [online:ema]', 'clip_score/mean [online:ema]'
+    fid, clip = 'fid/fid [online:ema]', 'clip_heldout/mean [online:ema]'
     assert ablation_main([*args, '--compare', 'ranke_base', 'anchor_l2', fid,
                           '--compare', 'anchor_l2', 'base', fid,
                           '--compare', 'ranke_base', 'anchor_l2', clip]) == 0
@@ -597,7 +597,7 @@ def test_curves_and_pareto(fake_runs, tmp_path, capsys, monkeypatch):
     assert curves_main([*map(str, work_dirs), '--pareto', str(only)]) == 0
     assert only.is_file() and not (tmp_path / 'cwd' / 'curves.png').exists()
     assert curves_main([*map(str, work_dirs), '--pareto', str(only), '--y', 'fid/fdi']) == 2
-    assert "no run has both 'clip_score/mean' and 'fid/fdi'" in capsys.readouterr().err
+    assert "no run has both 'clip_heldout/mean' and 'fid/fdi'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('n_points', [3, 12])

@@ -21,6 +21,7 @@ ASSETS = {
     'feature_net.pt': (FEATURE_EXTRACTORS, 'toy_feature_net'),
     'reward_classifier.pt': (FEATURE_EXTRACTORS, 'toy_reward_classifier'),
     'clip.pt': (REWARDS, 'toy_clip'),
+    'clip_eval.pt': (REWARDS, 'toy_clip_eval'),
 }
 
 
@@ -91,3 +92,23 @@ def test_a_rebuild_folder_comes_before_the_shipped_assets(tmp_path):
         with pytest.raises(MissingToyAssetError, match='not a toy asset name'):
             toy_asset_path('toy://text_encoderr.pt')
     assert toy_asset_path('toy://text_encoder.pt') == ASSET_DIR / 'text_encoder.pt'
+
+
+def test_held_out_clip_is_never_a_reward():
+    """The evaluation's clip_heldout CLIP is no reward in any config: what RL or the decoder's
+    reward term optimises must not be what the CLIP column measures."""
+    from mmengine.config import Config
+    configs = sorted((ASSET_DIR.parents[2] / 'configs').rglob('*.py'))
+    evaluation = Config.fromfile(str(ASSET_DIR.parents[2] / 'configs/_base_/toy_evaluation.py'))
+    prefixes = {m['prefix']: m['clip']['model_name'] for m in evaluation.val_evaluator
+                if m['type'] == 'ClipScoreMetric'}
+    assert prefixes == {'clip_heldout': 'rankekit-toy-clip-eval', 'clip_train': 'rankekit-toy-clip'}
+    for path in configs:
+        if '_base_' in path.parts:
+            continue
+        cfg = Config.fromfile(str(path))
+        model = cfg.get('model', {})
+        rewards = model.get('rewards', []) if isinstance(model, dict) else []
+        for reward in [rewards] if isinstance(rewards, dict) else rewards:
+            assert 'clip_eval' not in str(reward.get('pretrained', '')), path
+            assert reward.get('model_name') != 'rankekit-toy-clip-eval', path

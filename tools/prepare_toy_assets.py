@@ -33,6 +33,8 @@ STAGES = {
                           {'reward_classifier.pt': ('net.', torch.float32)}),
     # fp16 on disk: most of the toy CLIP is open_clip's 49k-row BPE embedding
     'clip': ('configs/pretrain/clip_toy.py', {'clip.pt': ('clip.', torch.float16)}),
+    # the held-out CLIP of the toy evaluation (never a reward)
+    'clip_eval': ('configs/pretrain/clip_eval_toy.py', {'clip_eval.pt': ('clip.', torch.float16)}),
     # stage 1 (L1, codebook learning) and stage 2 (decoder: L1 + perceptual + GAN, codes fixed)
     'tokenizer': ('configs/pretrain/tokenizer_toy.py',
                   {'vq_l1.pt': ('tokenizer.', torch.float32)}),

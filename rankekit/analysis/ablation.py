@@ -18,8 +18,8 @@ from rankekit.analysis.runs import RunGroup
 from rankekit.evaluation.stats import format_mean_std, mean_std
 
 #: the columns shown unless --metrics says otherwise (each also matches its "[combo]" variants)
-DEFAULT_METRICS = ('fid/fid', 'clip_score/mean', 'compositional/accuracy', 'lcs/kl',
-                   'lcs/entropy_bits')
+DEFAULT_METRICS = ('fid/fid', 'clip_heldout/mean', 'clip_train/mean', 'compositional/accuracy',
+                   'lcs/kl', 'lcs/entropy_bits')
 
 
 def select_columns(names: Sequence[str], patterns: Sequence[str] | None) -> list[str]:

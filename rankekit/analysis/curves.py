@@ -154,7 +154,7 @@ def pareto_front(points: Sequence[dict], maximize_x: bool = True,
     return sorted(front, key=lambda i: points[i]['x'])
 
 
-def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_score/mean',
+def plot_pareto(groups: Sequence[RunGroup], out: str | Path, x_key: str = 'clip_heldout/mean',
                 y_key: str = 'fid/fid', combos: Sequence[str] = ('online:ema',),
                 use_summary: bool = True) -> Path:
     """CLIP (x, higher is better) against FID (y, lower is better), one point per group with

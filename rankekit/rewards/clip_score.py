@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from rankekit.registry import REWARDS
 from rankekit.rewards.base import BaseReward
-from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_NAME
+from rankekit.rewards.toy_clip import TOY_CLIP_CFG, TOY_CLIP_CONFIGS, TOY_CLIP_NAME
 from rankekit.utils.weights import load_model_weights, require_weights
 
 # architectures this process registered with open_clip (name -> config)
@@ -99,6 +99,9 @@ def _weights_source(model_name: str, weights_tag: str | None) -> str:
     if model_name == TOY_CLIP_NAME:
         return ('the toy CLIP pretraining: python tools/train.py configs/pretrain/clip_toy.py '
                 '(or python tools/prepare_toy_assets.py --only clip, which writes toy://clip.pt)')
+    if model_name in TOY_CLIP_CONFIGS:
+        return ('the held-out toy CLIP pretraining: python tools/prepare_toy_assets.py --only '
+                'clip_eval, which writes toy://clip_eval.pt')
     tags = list_pretrained_tags_by_model(model_name)
     if not tags:
         return ('a state_dict of this open_clip architecture, saved with '
@@ -142,8 +145,8 @@ def build_open_clip(model_name: str, model_cfg: dict | None = None, pretrained: 
         raise ValueError(f"model_name='{model_name}' would load from a hub or folder; rankekit "
                          f'never downloads. Give the architecture name (or model_cfg) and the '
                          f'local weights file as pretrained=')
-    if model_cfg is None and model_name == TOY_CLIP_NAME:
-        model_cfg = TOY_CLIP_CFG  # the toy CLIP's architecture ships with rankekit
+    if model_cfg is None and model_name in TOY_CLIP_CONFIGS:
+        model_cfg = TOY_CLIP_CONFIGS[model_name]  # the toy architectures ship with rankekit
     if model_cfg is not None:
         register_open_clip_config(model_name, model_cfg)
     arch = open_clip.get_model_config(model_name)

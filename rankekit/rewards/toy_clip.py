@@ -30,6 +30,20 @@ TOY_CLIP_CFG = dict(
 )
 
 
+#: the held-out toy CLIP of the toy evaluation: another width and training seed, never a reward,
+#: as the paper evaluates with ViT-B/32 what it trains against ViT-L/14
+TOY_CLIP_EVAL_NAME = 'rankekit-toy-clip-eval'
+TOY_CLIP_EVAL_CFG = dict(
+    embed_dim=64,
+    vision_cfg=dict(image_size=32, patch_size=4, width=48, layers=3, head_width=12,
+                    mlp_ratio=2.0),
+    text_cfg=dict(context_length=32, vocab_size=49408, width=48, heads=4, layers=2,
+                  mlp_ratio=2.0),
+)
+#: the toy architectures rankekit ships, by open_clip model name
+TOY_CLIP_CONFIGS = {TOY_CLIP_NAME: TOY_CLIP_CFG, TOY_CLIP_EVAL_NAME: TOY_CLIP_EVAL_CFG}
+
+
 def toy_clip_cfg() -> dict:
     """A fresh copy of :data:`TOY_CLIP_CFG` (configs may edit theirs)."""
     return copy.deepcopy(TOY_CLIP_CFG)

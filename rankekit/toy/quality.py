@@ -178,6 +178,13 @@ def measure_toy_backbone(backbone: dict, asset_dir: str | Path, num_val: int = 1
     clip = REWARDS.build({**backbone['toy_clip'], 'pretrained': str(asset_dir / 'clip.pt')})
     rows.append(dict(asset='clip.pt', metric='text-to-image retrieval top-1',
                      value=float(evaluate_retrieval(clip, val)), target=TARGETS['retrieval']))
+    held_out = asset_dir / 'clip_eval.pt'
+    if held_out.is_file():  # the evaluation's held-out CLIP (never a reward)
+        clip_eval = REWARDS.build({**backbone['toy_clip'], 'model_name': 'rankekit-toy-clip-eval',
+                                   'pretrained': str(held_out)})
+        rows.append(dict(asset='clip_eval.pt', metric='text-to-image retrieval top-1',
+                         value=float(evaluate_retrieval(clip_eval, val)),
+                         target=TARGETS['retrieval']))
 
     text_encoder = _load(TEXT_ENCODERS, backbone['toy_text_encoder'],
                          asset_dir / 'text_encoder.pt')

@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--smooth', type=int, default=1,
                         help='moving-average window over logged points (default: 1, none)')
     parser.add_argument('--pareto', help='also write the Pareto plot to this PNG')
-    parser.add_argument('--x', default='clip_score/mean', help='Pareto x metric (higher better)')
+    parser.add_argument('--x', default='clip_heldout/mean', help='Pareto x metric (higher better)')
     parser.add_argument('--y', default='fid/fid', help='Pareto y metric (lower better)')
     parser.add_argument('--combos', nargs='+', default=['online:ema'],
                         help='tools/test.py combos whose metrics may be used (names "m [combo]")')

@@ -18,3 +18,6 @@ toy_reward_classifier = dict(type='ToyFeatureNet', width=24, feat_dim=96)
 # the toy CLIP is only ever a reward: it always comes from its checkpoint
 toy_clip = dict(type='ClipScore', model_name='rankekit-toy-clip', scale=100.0,
                 pretrained='toy://clip.pt', name='toy_clip')
+# the held-out toy CLIP of the evaluation (clip_heldout/*): never a reward
+toy_clip_eval = dict(type='ClipScore', model_name='rankekit-toy-clip-eval', scale=100.0,
+                     pretrained='toy://clip_eval.pt', name='toy_clip_eval')
