@@ -55,17 +55,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_runner_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     """Load a runner checkpoint's ``state_dict`` into ``model`` (strict).
 
-    Returns ``dict(path, iter, epoch)`` of the checkpoint actually read. Runner checkpoints are
-    files this toolkit wrote (see :mod:`rankekit.utils.weights`); the frozen modules they
-    leave out (text encoder, rewards, perceptual net) keep the weights the config gave them.
+    Returns ``dict(path, iter, epoch)`` of the checkpoint actually read. It is read
+    weights-only (:mod:`rankekit.utils.run_files`): a file that would run code is refused. The
+    frozen modules runner checkpoints leave out (text encoder, rewards, perceptual net) keep the
+    weights the config gave them.
     """
-    from mmengine.runner.checkpoint import CheckpointLoader
-
+    from rankekit.utils.run_files import load_runner_checkpoint_file
     from rankekit.utils.weights import WeightsFileError, extract_state_dict, state_dict_report
-    from rankekit.utils.run_files import register_runner_checkpoint_loader
-    register_runner_checkpoint_loader()
     path = resolve_checkpoint(path)
-    checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    checkpoint = load_runner_checkpoint_file(path, map_location='cpu')
     if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint)
         raise WeightsFileError(f"{path} is not a runner checkpoint (no 'state_dict'; has {keys}); "

@@ -7,7 +7,9 @@ one: a kill during a save can leave a half file under a checkpoint's name, a poi
 
 - :class:`SafeRunner` writes every checkpoint to ``<name>.partial`` in the same folder, fsyncs it
   and renames it into place; it refuses to write non-finite weights; on resume it picks the
-  newest *complete* checkpoint and refuses a config that changes the experiment.
+  newest *complete* checkpoint and refuses a config that changes the experiment. Checkpoints
+  are read weights-only (a file that would run code is refused, :mod:`rankekit.utils.run_files`)
+  and written in a form that reads so (the message hub's HistoryBuffers as tensors).
 - :class:`SafeCheckpointHook` replaces the pointer atomically and deletes outdated checkpoints
   only after the new one is on disk.
 
@@ -30,12 +32,15 @@ from mmengine.runner import Runner
 from mmengine.utils import apply_to
 
 from rankekit.registry import HOOKS, RUNNERS
-from rankekit.utils.weights import WeightsFileError
+from rankekit.utils.weights import UnsafeCheckpointError, WeightsFileError
 from rankekit.utils.run_files import (PARTIAL_SUFFIX, POINTER_NAME, checkpoint_problem,
                                       find_resume_checkpoint,
                                       fsync_path,
+                                      load_runner_checkpoint_file,
+                                      plain_history_buffers,
                                       remove_partial_files,
                                       remove_quietly,
+                                      unsafe_checkpoint_problem,
                                       write_bytes_atomic)
 from rankekit.utils.config_diff import config_diff
 from rankekit.utils.distributed import gather_full_, is_sharded
@@ -110,12 +115,15 @@ def _is_experiment_key(key: str) -> bool:
 def saved_config(checkpoint: str | os.PathLike):
     """The config a runner checkpoint was trained with (MMEngine keeps it in ``meta.cfg``).
 
-    The file is memory-mapped: only its pickled objects are read, not its tensors. None when
-    the checkpoint holds no config (a file not written by an MMEngine runner).
+    The file is memory-mapped: only its pickled objects are read, not its tensors, and safely
+    (weights only: a file that would run code is refused here, before anything is built). None
+    when the checkpoint holds no config (a file not written by an MMEngine runner).
     """
     from mmengine.config import Config
-    try:  # our own files (like resume itself): not weights_only
-        obj = torch.load(checkpoint, map_location='cpu', weights_only=False, mmap=True)
+    try:
+        obj = load_runner_checkpoint_file(checkpoint, map_location='cpu', mmap=True)
+    except UnsafeCheckpointError:
+        raise  # already one line that says what to do
     except Exception as exc:
         raise WeightsFileError(f'checkpoint {checkpoint} could not be read ({type(exc).__name__}:'
                                f' {exc}); give another one with --resume PATH, or --resume auto'
@@ -171,6 +179,9 @@ class SafeRunner(Runner):
     - Resuming checks that the config matches the checkpoint's in the keys that change the
       experiment (max_iters may change); ``resume_any_config=True``
       (``--resume-any-config``) skips that check.
+    - Checkpoints are read weights-only: a ``resume`` / ``load_from`` file that would need full
+      unpickling is refused before anything is built. The message hub's HistoryBuffers are saved
+      as tensors so that its own checkpoints read that way (a save that would not is a warning).
 
     Selected with ``runner_type = 'SafeRunner'`` (the default of ``tools/train.py``).
     """
@@ -193,9 +204,14 @@ class SafeRunner(Runner):
                                            f'earlier one, or use --resume auto, which takes '
                                            f'the newest complete one')
             if path is not None:
-                if not _resume_anyway(cfg):
-                    check_resume_config(path, cfg)
+                if _resume_anyway(cfg):
+                    load_runner_checkpoint_file(path, 'cpu', mmap=True)  # refuse unsafe files now
+                else:
+                    check_resume_config(path, cfg)  # reads it safely
                 cfg.load_from = path  # resume exactly the file that was checked
+        elif cfg.get('load_from') is not None and osp.isfile(cfg.load_from):
+            # an unsafe file is refused at set-up (one line), not when training starts
+            load_runner_checkpoint_file(cfg.load_from, 'cpu', mmap=True)
         runner = super().from_cfg(cfg)
         if note:
             runner.logger.warning(note)
@@ -269,6 +285,12 @@ class SafeRunner(Runner):
             remove_quietly(partial)
             raise
         fsync_path(out_dir)
+        # a hook that stored an object safe loading refuses would make the file unresumable:
+        # say so now, not when someone resumes (the pickle is read, memory-mapped tensors not)
+        problem = unsafe_checkpoint_problem(final)
+        if problem:
+            self.logger.warning(f'{problem} [written by this run: a hook or the model stored '
+                                f'objects other than tensors, numbers, strings, lists and dicts]')
 
     def _init_model_weights(self) -> None:
         """MMEngine's, minus broadcasting sharded (FSDP2) tensors: each rank's shard is its own
@@ -292,6 +314,8 @@ class SafeRunner(Runner):
                 checkpoint['optimizer'] = apply_to(gathered['optimizer'],
                                                    lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())
         super().call_hook(fn_name, **kwargs)
+        if fn_name == 'before_save_checkpoint':  # after every hook added its part
+            plain_history_buffers(kwargs['checkpoint'])
 
 
 @HOOKS.register_module()

@@ -1,11 +1,14 @@
-"""The runner's own checkpoint files: trusted loading, atomic writes, what to resume from.
+"""The runner's own checkpoint files: safe loading, atomic writes, what to resume from.
 
-The runner's checkpoints (``resume`` / ``load_from``) contain MMEngine objects (message hub
-history buffers, numpy scalars) that ``weights_only=True`` rejects on torch >= 2.6. They are files
-this toolkit wrote itself, so :func:`register_runner_checkpoint_loader` makes MMEngine load local
-files with ``weights_only=False``. Do not point ``load_from`` at files you do not trust; use
-the component ``pretrained=`` paths (weights only, :mod:`rankekit.utils.weights`) for
-third-party weights.
+Runner checkpoints (``--resume``, ``load_from``, ``tools/test.py``, ``tools/sample.py``,
+``tools/export_checkpoint.py``) are read like any other file: ``weights_only=True`` through
+:func:`rankekit.utils.weights.safe_torch_load`, so a checkpoint from a hub or a colleague cannot
+run code. :func:`register_runner_checkpoint_loader` makes MMEngine's ``CheckpointLoader`` (and so
+``Runner.resume`` / ``load_checkpoint``) read local files that way. MMEngine's message hub keeps
+its logged scalars in ``HistoryBuffer`` objects, whose pickle calls ``getattr`` (it carries the
+class's statistics methods) and cannot be allow-listed safely: :func:`plain_history_buffers`
+turns them into dicts of tensors when ``SafeRunner`` saves, :func:`restore_history_buffers`
+turns them back when a checkpoint is read, value for value.
 
 The files are written atomically (:func:`write_bytes_atomic`, ``.partial`` files renamed into
 place); :func:`checkpoint_problem` tells a complete file from a truncated one without loading it
@@ -22,27 +25,93 @@ from pathlib import Path
 
 import torch
 
-from rankekit.utils.weights import WeightsFileError
+from rankekit.utils.weights import UnsafeCheckpointError, WeightsFileError, safe_torch_load
 
-def _load_trusted_local(filename: str, map_location=None, weights_only: bool = False):
-    """MMEngine local-file loader for the runner's own checkpoints (see module docstring)."""
+#: what a saved HistoryBuffer becomes: ``{HISTORY_BUFFER: 1, 'log_history': tensor, ...}``
+HISTORY_BUFFER = 'mmengine.HistoryBuffer'
+
+
+def _log_scalars(checkpoint) -> dict | None:
+    hub = checkpoint.get('message_hub') if isinstance(checkpoint, dict) else None
+    scalars = hub.get('log_scalars') if isinstance(hub, dict) else None
+    return scalars if isinstance(scalars, dict) else None
+
+
+def plain_history_buffers(checkpoint: dict) -> int:
+    """Replace the message hub's ``HistoryBuffer`` objects of ``checkpoint`` (in place) with
+    plain dicts of tensors that ``weights_only`` loading reads; returns how many.
+
+    The numpy histories become tensors of the same dtype (exact). A buffer whose history is not
+    numeric (no tensor form) is left as it is; the save then warns that the file needs converting.
+    """
+    from mmengine.logging import HistoryBuffer
+    scalars, done = _log_scalars(checkpoint) or {}, 0
+    for key, buffer in scalars.items():
+        if not isinstance(buffer, HistoryBuffer):
+            continue
+        try:
+            logs, counts = (torch.from_numpy(history.copy()) for history in buffer.data)
+        except TypeError:  # an object-dtype history: nothing safe to turn it into
+            continue
+        scalars[key] = {HISTORY_BUFFER: 1, 'log_history': logs, 'count_history': counts,
+                        'max_length': buffer.max_length}
+        done += 1
+    return done
+
+
+def restore_history_buffers(checkpoint):
+    """Undo :func:`plain_history_buffers` (in place), so that MMEngine's ``MessageHub`` resumes
+    its logged scalars as it would from a full pickle; returns ``checkpoint``."""
+    from mmengine.logging import HistoryBuffer
+    scalars = _log_scalars(checkpoint) or {}
+    for key, value in scalars.items():
+        if isinstance(value, dict) and value.get(HISTORY_BUFFER) == 1:
+            # the constructor copies the arrays (np.array), keeping their dtypes
+            scalars[key] = HistoryBuffer(value['log_history'].numpy(),
+                                         value['count_history'].numpy(), value['max_length'])
+    return checkpoint
+
+
+def load_runner_checkpoint_file(filename: str | os.PathLike, map_location=None,
+                                mmap: bool = False):
+    """Read a runner checkpoint without running code from it (``weights_only=True``).
+
+    Raises :class:`~rankekit.utils.weights.UnsafeCheckpointError` (one line, with the conversion
+    command) for a file that needs full unpickling, and a one-line
+    :class:`~rankekit.utils.weights.WeightsFileError` for a truncated or corrupt one.
+    """
     path = Path(filename).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
-    try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    try:  # torch memory-maps only its zip format; an old (pre-1.6) file is read as a whole
+        checkpoint = safe_torch_load(path, what='checkpoint', map_location=map_location,
+                                     mmap=mmap and zipfile.is_zipfile(path))
     except (EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         raise WeightsFileError(
             f'checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc}); '
             f'use an earlier checkpoint (--resume PATH) or --resume auto, which skips '
             f'incomplete files') from exc
+    return restore_history_buffers(checkpoint)
+
+
+def unsafe_checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """The refusal message safe loading would give ``path``, or None when it loads safely.
+
+    Memory-mapped: only the pickled objects are read, not the tensors.
+    """
+    try:
+        load_runner_checkpoint_file(path, map_location='cpu', mmap=True)
+    except UnsafeCheckpointError as exc:
+        return str(exc)
+    return None
 
 
 _RUNNER_LOADER_REGISTERED = False
 
 
 def register_runner_checkpoint_loader() -> None:
-    """Make MMEngine's ``CheckpointLoader`` read local runner checkpoints on torch >= 2.6."""
+    """Make MMEngine's ``CheckpointLoader`` read local files with
+    :func:`load_runner_checkpoint_file` (weights only, HistoryBuffers restored)."""
     global _RUNNER_LOADER_REGISTERED
     if _RUNNER_LOADER_REGISTERED:
         return
@@ -50,7 +119,7 @@ def register_runner_checkpoint_loader() -> None:
 
     @CheckpointLoader.register_scheme(prefixes='', force=True)
     def load_from_local(filename, map_location):  # noqa: D401 - MMEngine's signature
-        return _load_trusted_local(filename, map_location)
+        return load_runner_checkpoint_file(filename, map_location)
 
     _RUNNER_LOADER_REGISTERED = True
 

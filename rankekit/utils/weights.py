@@ -4,7 +4,11 @@ Third-party weights (LlamaGen, Janus, CLIP, HPSv2, toy assets) always go through
 :func:`load_weights_file` / :func:`load_model_weights`, which use ``torch.load(weights_only=True)``
 and report problems in one clear message: which file, what is wrong, where the file comes from.
 
-The runner's own checkpoints and their crash-safe files are :mod:`rankekit.utils.run_files`.
+Every torch pickle rankekit reads (these weights and the runner's own checkpoints, see
+:mod:`rankekit.utils.run_files`) goes through :func:`safe_torch_load`: ``weights_only=True``
+with the few extra types of :func:`safe_load_globals`, so no file can run code when it is read.
+A file that needs more is refused with :class:`UnsafeCheckpointError`, whose message names the
+conversion command for a trusted file (``tools/convert_checkpoint.py``).
 
 Formats: torch pickles (``.pt``/``.pth``/``.bin``, read with ``weights_only=True``),
 ``.safetensors`` files, and Hugging Face model folders whose weights are one file or shards
@@ -90,19 +94,84 @@ def _load_safetensors(path: Path, what: str, source: str | None, map_location,
         raise _corrupt_file_error(path, what, source, exc) from exc
 
 
+class UnsafeCheckpointError(WeightsFileError):
+    """A torch pickle that only full unpickling could read, which can run code from the file."""
+
+
+#: the command that converts a trusted file (the only place that unpickles in full)
+CONVERT_COMMAND = 'python tools/convert_checkpoint.py'
+
+
+def safe_load_globals() -> list:
+    """The types :func:`safe_torch_load` accepts besides torch's ``weights_only`` defaults.
+
+    The one allow-list of the code base; each entry only rebuilds data, never calls code:
+
+    - ``argparse.Namespace``: official checkpoints (LlamaGen) pickle their args next to the
+      weights;
+    - numpy scalars of numeric dtypes: MMEngine's message hub keeps some (its ``eta`` is a
+      float64), and a hook may log others. Not the object dtype, which could hold anything;
+      not arrays (the runner saves its HistoryBuffers as tensors, :mod:`rankekit.utils.run_files`).
+    """
+    import numpy as np
+    scalar = (np._core if hasattr(np, '_core') else np.core).multiarray.scalar
+    numeric = [type(np.dtype(name)) for name in (
+        'bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64',
+        'float16', 'float32', 'float64')]
+    # files name numpy's module as numpy 1 (numpy.core) or numpy 2 (numpy._core) wrote it
+    return [argparse.Namespace, np.dtype, *numeric,
+            (scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar')]
+
+
+def _refusal_detail(path, exc: BaseException) -> str:
+    """What the pickle needs that is not allowed: its globals, else the unpickler's reason."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: the error text says it
+        names = []
+    if names:
+        hint = ('; so does every runner checkpoint written before safe loading or by a plain '
+                'MMEngine Runner' if any('HistoryBuffer' in n for n in names) else '')
+        return f'it names {", ".join(sorted(names))}, which safe loading does not allow{hint}'
+    text = str(exc)
+    for marker in ('WeightsUnpickler error:', 'Trying to load'):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    reason = ' '.join(text.split()).split(' Check the documentation')[0].strip()
+    return reason[:300] or type(exc).__name__
+
+
+def safe_torch_load(path: str | os.PathLike, *, what: str = 'checkpoint',
+                    map_location: str | torch.device | None = 'cpu', mmap: bool = False
+                    ) -> object:
+    """``torch.load(path, weights_only=True)`` with :func:`safe_load_globals`: no code runs.
+
+    The allow-list is scoped to this call (not registered process-wide). A pickle that needs
+    anything else raises :class:`UnsafeCheckpointError`, one line naming the file, what it needs
+    and how to convert a trusted copy. Other read errors (truncated, not a torch file) are raised
+    as they come, for the caller to word.
+    """
+    with torch.serialization.safe_globals(safe_load_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as exc:
+            if 'Weights only load failed' not in str(exc):
+                raise
+            raise UnsafeCheckpointError(
+                f'{what} {path} is refused: reading it needs full unpickling, which can run code '
+                f'stored in the file ({_refusal_detail(path, exc)}). rankekit only loads tensors '
+                f'and plain data. If you trust the file, convert it once: {CONVERT_COMMAND} '
+                f'{path} --in-place (or give an output path; see docs/troubleshooting.md)'
+            ) from exc
+
+
 def _load_torch_file(path: Path, what: str, source: str | None, map_location) -> object:
     try:
-        # some official checkpoints pickle their argparse args next to the weights
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return safe_torch_load(path, what=what, map_location=map_location)
     except (EOFError, zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError) as exc:
-        text = str(exc)
-        if 'Weights only load failed' in text:
-            raise WeightsFileError(
-                f'{what} {path} holds Python objects besides tensors, which rankekit does not '
-                f'unpickle for safety. Re-save it as a plain state_dict: '
-                f'torch.save(torch.load(p, weights_only=False)["model"], p2) in a trusted '
-                f'session. Original error: {text.splitlines()[0]}') from exc
+        if isinstance(exc, UnsafeCheckpointError):
+            raise
         raise _corrupt_file_error(path, what, source, exc) from exc
 
 
