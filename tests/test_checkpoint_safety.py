@@ -16,7 +16,7 @@ from rankekit.apis.train import build_runner, main, parse_args, setup_cfg
 from rankekit.engine.runner import NonFiniteCheckpointError, ResumeConfigError
 from rankekit.registry import HOOKS
 from rankekit.utils.run_files import (NoCompleteCheckpointError, checkpoint_problem,
-                                      find_resume_checkpoint,
+                                      find_resume_checkpoint, load_runner_checkpoint_file,
                                       write_bytes_atomic)
 from tiny_components import tiny_model_cfg, train_blocks
 
@@ -78,7 +78,7 @@ def _pointer(work_dir):
 
 
 def _state(path):
-    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
+    return load_runner_checkpoint_file(path, map_location='cpu')['state_dict']
 
 
 def _assert_same_weights(state, reference):

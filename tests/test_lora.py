@@ -9,6 +9,7 @@ pytest.importorskip('peft', reason='model.lora needs pip install "rankekit[lora]
 
 from rankekit.models.lora import adapter_parameters, is_adapter_key  # noqa: E402
 from rankekit.registry import MODELS, POLICIES  # noqa: E402
+from rankekit.utils.run_files import load_runner_checkpoint_file  # noqa: E402
 from test_rank_e_model import batch  # noqa: E402
 from tiny_components import tiny_model_cfg  # noqa: E402
 
@@ -243,7 +244,7 @@ def test_lora_toy_recipe_trains_checkpoints_and_exports(tmp_path):
     runner.train()
     model = runner.model
     assert int(model.policy_steps) == 2 and int(model.skipped_nonfinite) == 0
-    state = torch.load(tmp_path / 'w' / 'iter_2.pth', weights_only=False)['state_dict']
+    state = load_runner_checkpoint_file(tmp_path / 'w' / 'iter_2.pth')['state_dict']
     assert [k for k in state if k.startswith('policy.')]
     assert all(is_adapter_key(k) for k in state if k.startswith('policy.'))
     assert export_main([config, str(tmp_path / 'w'), '--out-dir', str(tmp_path / 'x')]) == 0
