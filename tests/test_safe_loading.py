@@ -387,6 +387,16 @@ def test_no_code_running_load_in_the_code_base():
     assert converter.count('weights_only=False') >= 1  # ... and that is where it is
 
 
+def test_no_test_unpickles_in_full():
+    """The suite reads checkpoints as the tools do (the malicious file here only through the
+    conversion tool): no call passes weights_only=False."""
+    found = [f'{path.name}:{node.lineno}' for path in sorted((REPO / 'tests').glob('*.py'))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.keyword)
+             and node.arg == 'weights_only' and isinstance(node.value, ast.Constant)
+             and node.value.value is False]
+    assert not found, found
+
+
 # ------------------------------------------------------------------------------------------------
 # real runs: what SafeRunner writes loads weights-only; MMEngine's own load path refuses too
 # ------------------------------------------------------------------------------------------------

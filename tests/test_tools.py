@@ -29,6 +29,7 @@ from rankekit.engine.monitors import CovariateShiftMonitorHook
 from rankekit.evaluation.lcs import real_floor
 from rankekit.registry import DATASETS, METRICS
 from rankekit.utils.weights import WeightsFileError
+from rankekit.utils.run_files import load_runner_checkpoint_file
 from tiny_components import load_tool, tiny_model_cfg
 
 pytestmark = pytest.mark.filterwarnings('ignore:ToyPerceptualLoss. the ToyFeatureNet has random')
@@ -206,8 +207,8 @@ def test_monitor_hooks_do_not_change_training(trained, tmp_path):
     cfg_file = tmp_path / 'plain.py'
     cfg_file.write_text(_config(tmp_path / 'plain', hooks=False))
     _train(cfg_file)
-    with_hooks = torch.load(work_dir / 'iter_3.pth', weights_only=False)['state_dict']
-    without = torch.load(tmp_path / 'plain' / 'iter_3.pth', weights_only=False)['state_dict']
+    with_hooks = load_runner_checkpoint_file(work_dir / 'iter_3.pth')['state_dict']
+    without = load_runner_checkpoint_file(tmp_path / 'plain' / 'iter_3.pth')['state_dict']
     assert with_hooks.keys() == without.keys()
     for key in with_hooks:
         assert torch.equal(with_hooks[key], without[key]), key
