@@ -7,7 +7,8 @@ import torch
 from rankekit.apis.config import load_config
 from rankekit.registry import (FEATURE_EXTRACTORS, MODELS, POLICIES, REWARDS, TEXT_ENCODERS,
                                TOKENIZERS)
-from rankekit.utils.toy_assets import ASSET_DIR, MissingToyAssetError, toy_asset_path
+from rankekit.utils.toy_assets import (ASSET_DIR, TOY_ASSETS, MissingToyAssetError,
+                                      toy_asset_path)
 from rankekit.utils.weights import WeightsFileError, load_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +75,7 @@ def test_every_asset_has_one_stage_and_the_policy_stage_keeps_the_text_encoder_f
     tool = load_tool('prepare_toy_assets')
     written = [file for _, exports in tool.STAGES.values() for file in exports]
     assert sorted(written) == sorted(ASSETS)
+    assert sorted(TOY_ASSETS) == sorted(ASSETS)  # a missing one gets the rebuild hint, not a typo's
     stages = list(tool.STAGES)
     assert stages.index('text_encoder') < stages.index('policy')
     policy_cfg = load_config(str(REPO / tool.STAGES['policy'][0]))
@@ -97,18 +99,51 @@ def test_a_rebuild_folder_comes_before_the_shipped_assets(tmp_path):
 def test_held_out_clip_is_never_a_reward():
     """The evaluation's clip_heldout CLIP is no reward in any config: what RL or the decoder's
     reward term optimises must not be what the CLIP column measures."""
-    from mmengine.config import Config
-    configs = sorted((ASSET_DIR.parents[2] / 'configs').rglob('*.py'))
-    evaluation = Config.fromfile(str(ASSET_DIR.parents[2] / 'configs/_base_/toy_evaluation.py'))
-    prefixes = {m['prefix']: m['clip']['model_name'] for m in evaluation.val_evaluator
-                if m['type'] == 'ClipScoreMetric'}
-    assert prefixes == {'clip_heldout': 'rankekit-toy-clip-eval', 'clip_train': 'rankekit-toy-clip'}
-    for path in configs:
-        if '_base_' in path.parts:
+    from rankekit.rewards.toy_clip import TOY_CLIP_EVAL_NAME, TOY_CLIP_NAME
+    evaluation = load_config(str(REPO / 'configs/_base_/toy_evaluation.py'))
+    prefixes = {m['prefix']: (m['clip']['model_name'], m['clip']['pretrained'])
+                for m in evaluation.val_evaluator if m['type'] == 'ClipScoreMetric'}
+    assert prefixes == {'clip_heldout': (TOY_CLIP_EVAL_NAME, 'toy://clip_eval.pt'),
+                        'clip_train': (TOY_CLIP_NAME, 'toy://clip.pt')}
+
+    def rewards_in(node, in_reward=False):
+        """Every reward dict under ``node``: a registered reward type, or anything below a key
+        that names a reward (``rewards=``, ``reward_model=``, ...)."""
+        if isinstance(node, dict):
+            kind = node.get('type')
+            if in_reward or (isinstance(kind, str) and REWARDS.get(kind) is not None):
+                yield node
+            for key, value in node.items():
+                yield from rewards_in(value, in_reward or 'reward' in str(key))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                yield from rewards_in(item, in_reward)
+
+    checked = 0
+    for path in sorted((REPO / 'configs').rglob('*.py')):
+        if '_base_' in path.parts:  # fragments: the configs that inherit them are checked
             continue
-        cfg = Config.fromfile(str(path))
-        model = cfg.get('model', {})
-        rewards = model.get('rewards', []) if isinstance(model, dict) else []
-        for reward in [rewards] if isinstance(rewards, dict) else rewards:
-            assert 'clip_eval' not in str(reward.get('pretrained', '')), path
-            assert reward.get('model_name') != 'rankekit-toy-clip-eval', path
+        cfg = load_config(str(path))
+        # what training builds: the model and the hooks (not the evaluators)
+        for reward in rewards_in([cfg.get('model'), cfg.get('custom_hooks')]):
+            checked += 1
+            assert 'clip_eval' not in repr(reward) and TOY_CLIP_EVAL_NAME not in repr(reward), (
+                f'{path.relative_to(REPO)} trains against the held-out evaluation CLIP: {reward}')
+    assert checked  # the scan does see the rewards of the recipes
+
+
+def test_toy_tables_and_plots_default_to_both_clip_columns():
+    """New runs' tables show both CLIP columns and the Pareto plot the held-out one; archived
+    studies (clip_score/mean) name their metrics on the command line (model_zoo.md)."""
+    import inspect
+
+    from tiny_components import load_tool
+
+    from rankekit.analysis.ablation import DEFAULT_METRICS
+    from rankekit.analysis.curves import plot_pareto
+    evaluation = load_config(str(REPO / 'configs/_base_/toy_evaluation.py'))
+    clip_columns = [f"{m['prefix']}/mean" for m in evaluation.val_evaluator
+                    if m['type'] == 'ClipScoreMetric']
+    assert [m for m in DEFAULT_METRICS if 'clip' in m] == clip_columns
+    assert inspect.signature(plot_pareto).parameters['x_key'].default == 'clip_heldout/mean'
+    assert load_tool('analysis/plot_curves').parse_args(['run']).x == 'clip_heldout/mean'

@@ -14,8 +14,8 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / 'toy' / 'assets'
 PREFIX = 'toy://'
 REBUILD_COMMAND = 'python tools/prepare_toy_assets.py'
 #: the files that command writes
-TOY_ASSETS = ('clip.pt', 'feature_net.pt', 'policy.pt', 'reward_classifier.pt', 'text_encoder.pt',
-              'vq.pt', 'vq_disc.pt', 'vq_l1.pt')
+TOY_ASSETS = ('clip.pt', 'clip_eval.pt', 'feature_net.pt', 'policy.pt', 'reward_classifier.pt',
+              'text_encoder.pt', 'vq.pt', 'vq_disc.pt', 'vq_l1.pt')
 
 
 #: a folder searched before ASSET_DIR (set by :func:`assets_built_in`)
