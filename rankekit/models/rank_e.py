@@ -454,8 +454,8 @@ class RankEModel(BaseModel):
                 return_topk_logits=self.decoder_cfg.lasc_top_k if sampler_topk else 0)
             topk_logits, topk_indices = out.topk_logits, out.topk_indices
             if want_topk and not sampler_topk:  # the conditional teacher-forced logits
-                topk_logits, topk_indices = self._conditional_logits(cond, mask, out.tokens).topk(
-                    self.decoder_cfg.lasc_top_k, dim=-1)
+                logits = self.policy(cond, mask, out.tokens, **self._caption_kwargs())
+                topk_logits, topk_indices = logits.topk(self.decoder_cfg.lasc_top_k, dim=-1)
             images = self.decode(out.tokens, self.rollout_cfg.decode_with)
             rewards, raw = self.rewards.score(to_unit_range(images), group_prompts,
                                               group_size=G)
@@ -482,20 +482,15 @@ class RankEModel(BaseModel):
         """Token log-probs (N, L) of the rollout under ``policy``: conditional only (as
         released) or under the sampling distribution (``policy_cfg.logprobs='sampler'``)."""
         if self.policy_cfg.logprobs == 'conditional':
-            if self.policy_cfg.caption_attention == 'causal':
-                return policy.log_probs(ro.cond, ro.mask, ro.tokens)
-            return policy.log_probs(ro.cond, ro.mask, ro.tokens,
-                                    caption_attention=self.policy_cfg.caption_attention)
+            return policy.log_probs(ro.cond, ro.mask, ro.tokens, **self._caption_kwargs())
         return policy.sampler_log_probs(ro.cond, ro.mask, ro.tokens,
                                         **self.rollout_cfg.sampling())
 
-    def _conditional_logits(self, cond: Tensor, mask: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced conditional logits (N, L, V) of the online policy, with the caption
-        mask the log-probs use (``policy_cfg.caption_attention``)."""
-        if self.policy_cfg.caption_attention == 'causal':
-            return self.policy(cond, mask, tokens)
-        return self.policy(cond, mask, tokens,
-                           caption_attention=self.policy_cfg.caption_attention)
+    def _caption_kwargs(self) -> dict:
+        """The caption mask of conditional scoring (``policy_cfg.caption_attention``), as the
+        keyword only policies that support it get (the default needs none)."""
+        attention = self.policy_cfg.caption_attention
+        return {} if attention == 'causal' else dict(caption_attention=attention)
 
     def policy_step(self, ro: Rollout, wrapper) -> dict:
         """Rank loss + policy anchor on one rollout, ``inner_epochs`` times; returns its logs."""

@@ -374,8 +374,9 @@ class LlamaGenGPT(nn.Module):
         return ((allowed & keys_ok[:, None, :]) | eye)[:, None]
 
     def _hidden(self, cond, cond_mask, tokens, drop_caption=False, mask=None,
-                stochastic=False) -> torch.Tensor:
-        """Teacher-forced final hidden states (B, L, dim) at the positions predicting tokens."""
+                stochastic=False, caption_attention: str = 'causal') -> torch.Tensor:
+        """Teacher-forced final hidden states (B, L, dim) at the positions predicting tokens;
+        without ``mask``, the :meth:`attention_mask` that ``caption_attention`` names."""
         cond, cond_mask = self.prepare_caption(cond, cond_mask)
         B, T = cond_mask.shape
         L = tokens.shape[1]
@@ -390,7 +391,7 @@ class LlamaGenGPT(nn.Module):
         x = F.dropout(x, self.token_dropout_p, stochastic)
         S = x.shape[1]
         if mask is None:
-            mask = self.attention_mask(cond_mask, S)
+            mask = self.attention_mask(cond_mask, S, caption_attention)
         elif mask.shape[-2:] != (S, S):
             raise ValueError(f'mask must be (B, 1, {S}, {S}) for T={T} caption and {L} image '
                              f'tokens, got {tuple(mask.shape)}')
@@ -410,18 +411,9 @@ class LlamaGenGPT(nn.Module):
         ``mask`` overrides the attention mask ((B, 1, S, S) bool, S = T + L - 1);
         ``caption_attention='bidirectional'`` builds the release's (see :meth:`attention_mask`).
         """
-        if mask is None:
-            mask = self._caption_mask(cond, cond_mask, tokens, caption_attention)
-        h = self._hidden(cond, cond_mask, tokens, drop_caption, mask, stochastic=self.training)
+        h = self._hidden(cond, cond_mask, tokens, drop_caption, mask, stochastic=self.training,
+                         caption_attention=caption_attention)
         return self.output(h).float()
-
-    def _caption_mask(self, cond, cond_mask, tokens, caption_attention: str):
-        """None (the default causal mask) or the mask ``caption_attention`` names."""
-        if caption_attention == 'causal':
-            return None
-        _, padded = self.prepare_caption(cond, cond_mask)
-        return self.attention_mask(padded, padded.shape[1] + tokens.shape[1] - 1,
-                                   caption_attention)
 
     def log_probs(self, cond: torch.Tensor, cond_mask: torch.Tensor,
                   tokens: torch.Tensor, caption_attention: str = 'causal') -> torch.Tensor:
@@ -435,8 +427,8 @@ class LlamaGenGPT(nn.Module):
         sampler read it, so logp_old/logp_new/logp_ref are not the log-probs of the policy that
         drew the tokens. Dropout is never applied here, whatever the module mode.
         """
-        mask = self._caption_mask(cond, cond_mask, tokens, caption_attention)
-        h = self._hidden(cond, cond_mask, tokens, mask=mask, stochastic=False)
+        h = self._hidden(cond, cond_mask, tokens, stochastic=False,
+                         caption_attention=caption_attention)
         return token_logprobs(self.output(h), tokens)
 
     def sampler_log_probs(self, cond: torch.Tensor, cond_mask: torch.Tensor,
